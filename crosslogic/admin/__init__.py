@@ -1,0 +1,1 @@
+"""The admin plane: bearer-JWT auth, audit log and the `/admin/v1` API (no Ray)."""

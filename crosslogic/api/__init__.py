@@ -1,0 +1,1 @@
+"""HTTP edge shared by the /v1 and /admin/v1 APIs."""

@@ -1,0 +1,1 @@
+"""Model registry: deployable model templates, their VRAM estimate, and the `models` table."""
