@@ -38,6 +38,8 @@ class Settings(BaseModel):
     admin_oidc_jwks_url: str | None = None
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # Embedded PostgreSQL port when DATABASE_URL is unset; None picks a free one on first start.
+    embedded_pg_port: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,6 +57,9 @@ class Settings(BaseModel):
             admin_oidc_jwks_url=env.get("CROSSLOGIC_ADMIN_OIDC_JWKS_URL") or None,
             db_pool_min=int(env.get("CROSSLOGIC_DB_POOL_MIN", "1")),
             db_pool_max=int(env.get("CROSSLOGIC_DB_POOL_MAX", "10")),
+            embedded_pg_port=int(env["CROSSLOGIC_EMBEDDED_PG_PORT"])
+            if env.get("CROSSLOGIC_EMBEDDED_PG_PORT")
+            else None,
         )
 
     @property

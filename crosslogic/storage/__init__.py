@@ -1,0 +1,1 @@
+"""PostgreSQL storage: connection pool, embedded server, migrations and driver-error translation."""
