@@ -7,8 +7,9 @@ from uuid import UUID
 
 import asyncpg
 
-from crosslogic.errors import ConflictError, InvalidRequestError, ModelNotFoundError
+from crosslogic.errors import InvalidRequestError, ModelNotFoundError
 from crosslogic.registry.templates import ModelRecord, ModelTemplate
+from crosslogic.storage.db_errors import translate_db_errors
 
 Executor = asyncpg.Connection | asyncpg.Pool
 
@@ -31,20 +32,17 @@ async def create_model(db: Executor, template: ModelTemplate) -> ModelRecord:
         f"INSERT INTO models ({', '.join(names)}) VALUES ({placeholders}) "
         f"RETURNING {_COLUMNS}"
     )
-    try:
+    with translate_db_errors(
+        conflict=f"a model named {template.served_name!r} already exists", param="served_name"
+    ):
         row = await db.fetchrow(sql, *values.values())
-    except asyncpg.UniqueViolationError as exc:
-        raise ConflictError(
-            f"a model named {template.served_name!r} already exists",
-            param="served_name",
-            code="model_exists",
-        ) from exc
     assert row is not None
     return _record(row)
 
 
 async def get_model(db: Executor, model_id: UUID) -> ModelRecord:
-    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM models WHERE id = $1", model_id)
+    with translate_db_errors():
+        row = await db.fetchrow(f"SELECT {_COLUMNS} FROM models WHERE id = $1", model_id)
     if row is None:
         raise ModelNotFoundError(f"no model with id {model_id}", param="model_id")
     return _record(row)
@@ -77,7 +75,8 @@ async def list_models(db: Executor, *, limit: int, after: UUID | None = None) ->
 
 async def delete_model(db: Executor, model_id: UUID) -> ModelRecord:
     """Delete and return the deleted row (the audit log keeps it as `before`)."""
-    row = await db.fetchrow(f"DELETE FROM models WHERE id = $1 RETURNING {_COLUMNS}", model_id)
+    with translate_db_errors():
+        row = await db.fetchrow(f"DELETE FROM models WHERE id = $1 RETURNING {_COLUMNS}", model_id)
     if row is None:
         raise ModelNotFoundError(f"no model with id {model_id}", param="model_id")
     return _record(row)

@@ -1,0 +1,18 @@
+"""`build_admin_router`: every `/admin/v1` resource on one APIRouter, mounted by the ingress app."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from crosslogic.admin.deps import AdminDeps
+from crosslogic.admin.routes_audit import audit_router
+from crosslogic.admin.routes_models import models_router
+
+ADMIN_PREFIX = "/admin/v1"
+
+
+def build_admin_router(deps: AdminDeps) -> APIRouter:
+    router = APIRouter(prefix=ADMIN_PREFIX)
+    router.include_router(models_router(deps))
+    router.include_router(audit_router(deps))
+    return router

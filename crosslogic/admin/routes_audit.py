@@ -1,0 +1,46 @@
+"""`/admin/v1/audit`: query the audit log, newest first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from crosslogic.admin.audit import AuditEntry, AuditFilter, list_audit
+from crosslogic.admin.deps import AdminCall, AdminDeps, ListPage, page_of, require_scope
+from crosslogic.admin.jwt_auth import AdminScope
+
+
+def audit_router(deps: AdminDeps) -> APIRouter:
+    router = APIRouter(prefix="/audit", tags=["audit"])
+    Reader = Annotated[AdminCall, Depends(require_scope(deps, AdminScope.READ))]
+
+    @router.get("", summary="Query the admin audit log (newest first)")
+    async def query_audit(
+        _: Reader,
+        actor: str | None = None,
+        action: str | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        result: str | None = None,
+        since: Annotated[datetime | None, Query(description="Entries at or after (ISO 8601)")] = None,
+        until: Annotated[datetime | None, Query(description="Entries before (ISO 8601)")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        after: Annotated[int | None, Query(ge=1, description="Id of the last entry of the previous page")] = None,
+    ) -> ListPage[AuditEntry]:
+        query = AuditFilter(
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            result=result,
+            since=since,
+            until=until,
+            limit=limit + 1,
+            after=after,
+        )
+        entries = await list_audit(deps.pool, query)
+        return page_of(entries, limit, lambda e: str(e.id))
+
+    return router

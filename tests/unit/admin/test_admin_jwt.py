@@ -1,0 +1,255 @@
+"""Admin JWT verification: HS256 and an OIDC JWKS served on localhost, and every way a token fails."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from jwks_server import JwksServer, ec_key, public_jwk, rsa_key, serve_jwks
+
+from crosslogic.admin.jwt_auth import (
+    LOCAL_AUDIENCE,
+    LOCAL_ISSUER,
+    AdminAuthConfig,
+    AdminJWTVerifier,
+    AdminScope,
+    TokenRejected,
+)
+from crosslogic.admin.local_secret import load_or_create_local_secret, mint_admin_token, secret_path
+from crosslogic.errors import ConfigError, PermissionDeniedError
+
+SECRET = "k3Y-" + "x9Qz7LmP2vRt8WcB5nHj4sDf6gAe1uYo"  # 36 random-looking bytes
+AUDIENCE = "crosslogic-admin-api"
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "sub": "alice@example.com",
+        "iss": LOCAL_ISSUER,
+        "aud": LOCAL_AUDIENCE,
+        "iat": now,
+        "exp": now + 300,
+        "scope": "admin:write",
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+@pytest.fixture
+async def hs_verifier() -> AsyncIterator[AdminJWTVerifier]:
+    verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=SECRET))
+    yield verifier
+    await verifier.aclose()
+
+
+async def rejected(verifier: AdminJWTVerifier, token: str) -> str:
+    with pytest.raises(TokenRejected) as info:
+        await verifier.verify(token)
+    assert info.value.status_code == 401
+    return info.value.reason
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [None, "short", "changeme" * 5, "a" * 40])
+def test_missing_or_weak_secret_fails_start_up(secret: str | None) -> None:
+    with pytest.raises(ConfigError):
+        AdminJWTVerifier(AdminAuthConfig(hs256_secret=secret))
+
+
+def test_oidc_needs_issuer_and_audience() -> None:
+    with pytest.raises(ConfigError, match="AUDIENCE"):
+        AdminJWTVerifier(AdminAuthConfig(oidc_issuer="https://idp.example.com"))
+
+
+# --- HS256 -----------------------------------------------------------------------------------
+
+
+async def test_hs256_token_yields_principal(hs_verifier: AdminJWTVerifier) -> None:
+    token = mint_admin_token(SECRET, subject="ops@example.com", scopes=[AdminScope.READ, "other"])
+    principal = await hs_verifier.verify(token)
+    assert principal.subject == "ops@example.com"
+    assert principal.scopes == {"admin:read", "other"}
+    hs_verifier.authorize(principal, AdminScope.READ)
+    with pytest.raises(PermissionDeniedError) as info:
+        hs_verifier.authorize(principal, AdminScope.WRITE)
+    assert info.value.status_code == 403
+
+
+async def test_write_scope_implies_read(hs_verifier: AdminJWTVerifier) -> None:
+    principal = await hs_verifier.verify(mint_admin_token(SECRET))
+    hs_verifier.authorize(principal, AdminScope.READ)
+    hs_verifier.authorize(principal, AdminScope.WRITE)
+
+
+async def test_token_without_admin_scope_is_forbidden(hs_verifier: AdminJWTVerifier) -> None:
+    principal = await hs_verifier.verify(jwt.encode(claims(scope="openid profile"), SECRET, "HS256"))
+    with pytest.raises(PermissionDeniedError):
+        hs_verifier.authorize(principal, AdminScope.READ)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"exp": int(time.time()) - 120}, "expired"),
+        ({"aud": "someone-else"}, "wrong_audience"),
+        ({"iss": "https://evil.example.com"}, "wrong_issuer"),
+        ({"sub": None}, "invalid"),
+        ({"exp": None}, "invalid"),
+    ],
+)
+async def test_hs256_claims_are_checked(
+    hs_verifier: AdminJWTVerifier, overrides: dict[str, Any], reason: str
+) -> None:
+    assert await rejected(hs_verifier, jwt.encode(claims(**overrides), SECRET, "HS256")) == reason
+
+
+async def test_hs256_wrong_secret_and_tampering(hs_verifier: AdminJWTVerifier) -> None:
+    other = jwt.encode(claims(), "another-secret-that-is-long-enough-0123456789", "HS256")
+    assert await rejected(hs_verifier, other) == "bad_signature"
+    header, payload, signature = mint_admin_token(SECRET, scopes=["admin:read"]).split(".")
+    forged = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    forged["scope"] = "admin:write"
+    forged_payload = base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode()
+    assert await rejected(hs_verifier, f"{header}.{forged_payload}.{signature}") == "bad_signature"
+
+
+async def test_alg_none_and_garbage_are_refused(hs_verifier: AdminJWTVerifier) -> None:
+    unsigned = jwt.encode(claims(), None, algorithm="none")
+    assert await rejected(hs_verifier, unsigned) == "bad_alg"
+    assert await rejected(hs_verifier, "not-a-jwt") == "malformed"
+    # An RS256 token when no JWKS is configured.
+    assert await rejected(hs_verifier, jwt.encode(claims(), rsa_key(), "RS256")) == "bad_alg"
+
+
+async def test_failed_attempts_are_logged_as_json(
+    hs_verifier: AdminJWTVerifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    from crosslogic.admin.jwt_auth import log_auth_failure
+
+    with caplog.at_level(logging.WARNING, logger="crosslogic.admin.auth"):
+        log_auth_failure("expired", actor="anonymous", client_addr="10.0.0.1")
+    line = json.loads(caplog.records[-1].getMessage())
+    assert line == {"event": "admin_auth_failed", "reason": "expired", "actor": "anonymous",
+                    "client_addr": "10.0.0.1"}
+
+
+# --- OIDC / JWKS -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def idp() -> Iterator[JwksServer]:
+    with serve_jwks() as server:
+        yield server
+
+
+async def oidc_verifier(idp: JwksServer, **extra: Any) -> AdminJWTVerifier:
+    config = AdminAuthConfig(
+        oidc_issuer=idp.issuer, oidc_audience=AUDIENCE, jwks_min_refresh_interval_s=0, **extra
+    )
+    return AdminJWTVerifier(config)
+
+
+def oidc_claims(idp: JwksServer, **overrides: Any) -> dict[str, Any]:
+    return claims(**{"iss": idp.issuer, "aud": AUDIENCE, **overrides})
+
+
+async def test_jwks_rs256_and_es256_with_discovery_and_cache(idp: JwksServer) -> None:
+    rsa_private, ec_private = rsa_key(), ec_key()
+    idp.publish(public_jwk(rsa_private, "rsa-1", "RS256"), public_jwk(ec_private, "ec-1", "ES256"))
+    verifier = await oidc_verifier(idp)
+    try:
+        rs = jwt.encode(oidc_claims(idp), rsa_private, "RS256", headers={"kid": "rsa-1"})
+        es = jwt.encode(oidc_claims(idp, sub="bob"), ec_private, "ES256", headers={"kid": "ec-1"})
+        assert (await verifier.verify(rs)).subject == "alice@example.com"
+        assert (await verifier.verify(es)).subject == "bob"
+        assert (await verifier.verify(rs)).scopes == {"admin:write"}
+        assert idp.fetches == 1, "keys are cached between verifications"
+    finally:
+        await verifier.aclose()
+
+
+async def test_jwks_refreshes_on_unknown_kid(idp: JwksServer) -> None:
+    old, new = rsa_key(), rsa_key()
+    idp.publish(public_jwk(old, "old", "RS256"))
+    verifier = await oidc_verifier(idp, jwks_url=idp.jwks_url)
+    try:
+        await verifier.verify(jwt.encode(oidc_claims(idp), old, "RS256", headers={"kid": "old"}))
+        idp.publish(public_jwk(new, "new", "RS256"))  # the issuer rotates its key
+        principal = await verifier.verify(
+            jwt.encode(oidc_claims(idp), new, "RS256", headers={"kid": "new"})
+        )
+        assert principal.subject == "alice@example.com"
+        assert idp.fetches == 2
+        stray = jwt.encode(oidc_claims(idp), rsa_key(), "RS256", headers={"kid": "nobody"})
+        assert await rejected(verifier, stray) == "unknown_kid"
+    finally:
+        await verifier.aclose()
+
+
+async def test_jwks_unknown_kid_refresh_is_rate_limited(idp: JwksServer) -> None:
+    key = rsa_key()
+    idp.publish(public_jwk(key, "k", "RS256"))
+    verifier = AdminJWTVerifier(
+        AdminAuthConfig(oidc_issuer=idp.issuer, oidc_audience=AUDIENCE, jwks_min_refresh_interval_s=60)
+    )
+    try:
+        await verifier.verify(jwt.encode(oidc_claims(idp), key, "RS256", headers={"kid": "k"}))
+        for _ in range(5):
+            stray = jwt.encode(oidc_claims(idp), key, "RS256", headers={"kid": "junk"})
+            await rejected(verifier, stray)
+        assert idp.fetches == 1
+    finally:
+        await verifier.aclose()
+
+
+async def test_jwks_rejections(idp: JwksServer) -> None:
+    rsa_private, ec_private = rsa_key(), ec_key()
+    idp.publish(public_jwk(rsa_private, "rsa-1", "RS256"), public_jwk(ec_private, "ec-1", "ES256"))
+    verifier = await oidc_verifier(idp)
+    try:
+        def signed(key: Any = rsa_private, alg: str = "RS256", kid: str = "rsa-1", **kw: Any) -> str:
+            return jwt.encode(oidc_claims(idp, **kw), key, alg, headers={"kid": kid})
+
+        assert await rejected(verifier, signed(aud="other-api")) == "wrong_audience"
+        assert await rejected(verifier, signed(iss="https://evil.example.com")) == "wrong_issuer"
+        assert await rejected(verifier, signed(exp=int(time.time()) - 600)) == "expired"
+        assert await rejected(verifier, signed(key=rsa_key())) == "bad_signature"
+        # Right key id, wrong algorithm family for that key.
+        assert await rejected(verifier, signed(key=ec_private, alg="ES256", kid="rsa-1")) == "bad_alg"
+        # Key confusion: an HS256 token "signed" with the public key must not pass.
+        public_modulus = public_jwk(rsa_private, "rsa-1", "RS256")["n"]
+        hs = jwt.encode(oidc_claims(idp), public_modulus, "HS256", headers={"kid": "rsa-1"})
+        assert await rejected(verifier, hs) == "bad_alg"
+        unsigned = jwt.encode(oidc_claims(idp), None, algorithm="none", headers={"kid": "rsa-1"})
+        assert await rejected(verifier, unsigned) == "bad_alg"
+    finally:
+        await verifier.aclose()
+
+
+# --- the local stack's secret ----------------------------------------------------------------
+
+
+async def test_local_secret_is_created_private_and_reused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = load_or_create_local_secret(home)
+    assert stat.S_IMODE(os.stat(secret_path(home)).st_mode) == 0o600
+    assert load_or_create_local_secret(home) == first
+    verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=first))
+    principal = await verifier.verify(mint_admin_token(first, ttl_s=60))
+    assert principal.subject == "local-operator"
+    assert principal.allows(AdminScope.WRITE)
+    secret_path(home).chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_or_create_local_secret(home)
