@@ -1,0 +1,1 @@
+"""Billing: export of the usage ledger to Stripe meter events, webhooks, reconciliation."""

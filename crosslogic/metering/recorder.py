@@ -1,0 +1,190 @@
+"""UsageRecorder: the hot path only appends to a bounded buffer; a background task batch-inserts.
+
+Exactly-once comes from the ledger's primary key (request id) and `ON CONFLICT DO NOTHING`: a batch
+whose outcome is unknown (connection lost at commit) is simply inserted again. Rows leave the buffer
+only after their batch committed, so a PostgreSQL outage costs latency of the ledger, not rows. The
+buffer is bounded so an outage cannot exhaust memory; overflow drops the new record, which is counted
+and raised as an alert, never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from itertools import islice
+
+import asyncpg
+
+from crosslogic.metering.metrics import Metrics, alert
+from crosslogic.metering.records import UsageRecord
+
+log = logging.getLogger(__name__)
+
+_INSERT = """
+INSERT INTO usage_ledger (request_id, tenant_id, key_id, model, region, prompt_tokens,
+                          completion_tokens, status, queue_ms, ttft_ms, total_ms, created_at)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[],
+                     $7::int[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
+                     $12::timestamptz[])
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+# Errors that say "this data can never be inserted": retrying the batch would block the ledger forever.
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+def _columns(batch: list[UsageRecord]) -> list[list[object]]:
+    return [
+        [r.request_id for r in batch],
+        [r.tenant_id for r in batch],
+        [r.key_id for r in batch],
+        [r.model for r in batch],
+        [r.region for r in batch],
+        [r.prompt_tokens for r in batch],
+        [r.completion_tokens for r in batch],
+        [str(r.status) for r in batch],
+        [r.queue_ms for r in batch],
+        [r.ttft_ms for r in batch],
+        [r.total_ms for r in batch],
+        [r.created_at for r in batch],
+    ]
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_buffer: int = 100_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.25,
+        retry_base_s: float = 0.2,
+        retry_max_s: float = 5.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._pool = pool
+        self._buffer: deque[UsageRecord] = deque()
+        self._max_buffer = max_buffer
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_overflow_alert = 0.0
+        self.metrics = metrics or Metrics("crosslogic_usage_ledger")
+
+    # --- hot path -------------------------------------------------------------------------------
+    def record(self, record: UsageRecord) -> None:
+        """Queue one usage row. Never awaits, never raises on a database problem."""
+        if len(self._buffer) >= self._max_buffer:
+            self.metrics.inc("dropped_total")
+            now = time.monotonic()
+            if now - self._last_overflow_alert > 10:
+                self._last_overflow_alert = now
+                alert(
+                    "usage_ledger_overflow",
+                    "usage buffer full (%d rows); dropped request %s (dropped so far: %d)",
+                    self._max_buffer,
+                    record.request_id,
+                    int(self.metrics.get("dropped_total")),
+                )
+            return
+        self._buffer.append(record)
+        self.metrics.inc("enqueued_total")
+        if len(self._buffer) >= self._batch_size:
+            self._wake.set()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the background task and flush what is buffered, retrying until `timeout_s`."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+        if self._buffer:
+            alert(
+                "usage_ledger_unflushed",
+                "shutting down with %d usage rows not written to the ledger",
+                len(self._buffer),
+            )
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._buffer and self._closing:
+                return
+            small = len(self._buffer) < self._batch_size
+            if not self._closing and failures == 0 and small:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
+                except TimeoutError:
+                    pass
+            try:
+                while self._buffer:
+                    await self._flush_batch()
+                failures = 0
+            except Exception as exc:  # any failure: keep the rows, back off, retry
+                failures += 1
+                self.metrics.inc("flush_errors_total")
+                delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(failures, 10))
+                delay *= random.uniform(0.5, 1.0)
+                log.warning(
+                    "usage ledger flush failed (%s: %s); %d rows kept, retry in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    len(self._buffer),
+                    delay,
+                )
+                if failures == 5:
+                    alert("usage_ledger_write_failing", "ledger writes failing: %s", exc)
+                await asyncio.sleep(delay)
+
+    async def flush(self) -> None:
+        """Write everything buffered now (tests, shutdown hooks); raises on a database error."""
+        while self._buffer:
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
+        batch = list(islice(self._buffer, 0, self._batch_size))
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(_INSERT, *_columns(batch))
+        except _DATA_ERRORS as exc:
+            await self._insert_one_by_one(batch, exc)
+        # Only this task removes rows, and only from the left: what we wrote is still the prefix.
+        for _ in batch:
+            self._buffer.popleft()
+        self.metrics.inc("written_total", len(batch))
+
+    async def _insert_one_by_one(self, batch: list[UsageRecord], cause: Exception) -> None:
+        log.warning("usage batch rejected (%s); isolating the bad rows", cause)
+        async with self._pool.acquire() as conn:
+            for record in batch:
+                try:
+                    await conn.execute(_INSERT, *_columns([record]))
+                except _DATA_ERRORS as exc:
+                    self.metrics.inc("rejected_total")
+                    alert(
+                        "usage_ledger_rejected_row",
+                        "ledger refused request %s: %s (%r)",
+                        record.request_id,
+                        exc,
+                        record,
+                    )
