@@ -18,11 +18,13 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from crosslogic.errors import CrossLogicError, InvalidRequestError
+from crosslogic.storage.db_errors import translate_db_errors
+from crosslogic.storage.executor import Connection, Executor
+from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, to_page
 
 log = logging.getLogger("crosslogic.audit")
 
 AuditResult = Literal["success", "error", "denied"]
-Executor = asyncpg.Connection | asyncpg.Pool
 
 
 class AuditContext(BaseModel):
@@ -55,7 +57,7 @@ class AuditFilter(BaseModel):
     result: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = Field(default=50, ge=1, le=500)
+    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     # Id of the last entry of the previous page (entries are listed newest first).
     after: int | None = None
 
@@ -118,7 +120,7 @@ def emit_audit_log(entry: AuditEntry) -> None:
 class AuditedChange:
     """Handed to the body of `audited`: its connection (inside the transaction) and what to record."""
 
-    def __init__(self, conn: asyncpg.Connection, target_id: str | None) -> None:
+    def __init__(self, conn: Connection, target_id: str | None) -> None:
         self.conn = conn
         self.target_id = target_id
         self.before: Any = None
@@ -182,7 +184,7 @@ async def record_denied(
     emit_audit_log(entry)
 
 
-async def list_audit(db: Executor, query: AuditFilter) -> list[AuditEntry]:
+async def list_audit(db: Executor, query: AuditFilter) -> Page[AuditEntry]:
     clauses: list[str] = []
     args: list[Any] = []
     for column in ("actor", "action", "target_type", "target_id", "result"):
@@ -202,8 +204,9 @@ async def list_audit(db: Executor, query: AuditFilter) -> list[AuditEntry]:
         args.append(query.after)
         clauses.append(f"id < ${len(args)}")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    args.append(query.limit)
-    rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM audit_log {where} ORDER BY id DESC LIMIT ${len(args)}", *args
-    )
-    return [_entry(row) for row in rows]
+    args.append(query.limit + 1)
+    with translate_db_errors():
+        rows = await db.fetch(
+            f"SELECT {_COLUMNS} FROM audit_log {where} ORDER BY id DESC LIMIT ${len(args)}", *args
+        )
+    return to_page(rows, query.limit, _entry)

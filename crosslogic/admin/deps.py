@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
@@ -22,8 +22,6 @@ from crosslogic.admin.jwt_auth import (
     log_auth_failure,
 )
 from crosslogic.errors import PermissionDeniedError
-
-T = TypeVar("T")
 
 # auto_error=False: we answer missing/malformed credentials ourselves, in OpenAI's error shape.
 _bearer = HTTPBearer(auto_error=False, description="Admin JWT (scopes admin:read / admin:write)")
@@ -42,14 +40,6 @@ class AdminCall(BaseModel):
 
     principal: AdminPrincipal
     audit: AuditContext
-
-
-class ListPage(BaseModel, Generic[T]):
-    object: Literal["list"] = "list"
-    data: list[T]
-    has_more: bool
-    # Pass as `after` to get the next page; null on the last page.
-    next_after: str | None = None
 
 
 class Deleted(BaseModel):
@@ -101,12 +91,3 @@ def require_scope(deps: AdminDeps, scope: AdminScope) -> Callable[..., Awaitable
         return AdminCall(principal=principal, audit=request_context(request, principal.subject))
 
     return dependency
-
-
-def page_of(items: list[T], limit: int, cursor: Callable[[T], str]) -> ListPage[T]:
-    """Build a page from `limit + 1` fetched items (the extra one only says whether there is more)."""
-    has_more = len(items) > limit
-    data = items[:limit]
-    return ListPage[T](
-        data=data, has_more=has_more, next_after=cursor(data[-1]) if has_more and data else None
-    )

@@ -1,15 +1,15 @@
 """`/admin/v1/audit`: query the audit log, newest first."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the route-local Annotated aliases.
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from crosslogic.admin.audit import AuditEntry, AuditFilter, list_audit
-from crosslogic.admin.deps import AdminCall, AdminDeps, ListPage, page_of, require_scope
+from crosslogic.admin.deps import AdminCall, AdminDeps, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
+from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 
 
 def audit_router(deps: AdminDeps) -> APIRouter:
@@ -26,9 +26,9 @@ def audit_router(deps: AdminDeps) -> APIRouter:
         result: str | None = None,
         since: Annotated[datetime | None, Query(description="Entries at or after (ISO 8601)")] = None,
         until: Annotated[datetime | None, Query(description="Entries before (ISO 8601)")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         after: Annotated[int | None, Query(ge=1, description="Id of the last entry of the previous page")] = None,
-    ) -> ListPage[AuditEntry]:
+    ) -> Page[AuditEntry]:
         query = AuditFilter(
             actor=actor,
             action=action,
@@ -37,10 +37,9 @@ def audit_router(deps: AdminDeps) -> APIRouter:
             result=result,
             since=since,
             until=until,
-            limit=limit + 1,
+            limit=limit,
             after=after,
         )
-        entries = await list_audit(deps.pool, query)
-        return page_of(entries, limit, lambda e: str(e.id))
+        return await list_audit(deps.pool, query)
 
     return router

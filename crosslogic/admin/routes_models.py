@@ -1,7 +1,6 @@
 """`/admin/v1/models`: the model registry, with the VRAM each template needs."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the route-local Annotated aliases.
 from typing import Annotated
 from uuid import UUID
 
@@ -9,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field
 
 from crosslogic.admin.audit import audited
-from crosslogic.admin.deps import AdminCall, AdminDeps, Deleted, ListPage, page_of, require_scope
+from crosslogic.admin.deps import AdminCall, AdminDeps, Deleted, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
 from crosslogic.registry import repository
 from crosslogic.registry.templates import ModelRecord, ModelTemplate
@@ -20,6 +19,7 @@ from crosslogic.registry.vram import (
     check_fits,
     estimate_vram,
 )
+from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 
 
 class VramView(BaseModel):
@@ -73,13 +73,13 @@ def models_router(deps: AdminDeps) -> APIRouter:
     @router.get("", summary="List model templates with their VRAM requirement")
     async def list_models(
         _: Reader,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         after: Annotated[UUID | None, Query(description="Id of the last model of the previous page")] = None,
         max_num_seqs: Annotated[int, Query(ge=1, le=4096)] = 1,
-    ) -> ListPage[ModelView]:
-        records = await repository.list_models(deps.pool, limit=limit + 1, after=after)
-        views = [model_view(r, max_num_seqs) for r in records]
-        return page_of(views, limit, lambda v: str(v.id))
+    ) -> Page[ModelView]:
+        page = await repository.list_models(deps.pool, limit=limit, after=after)
+        views = [model_view(record, max_num_seqs) for record in page.data]
+        return Page[ModelView](**page.model_dump(exclude={"data"}), data=views)
 
     @router.post(
         "",

@@ -7,11 +7,11 @@ from uuid import UUID
 
 import asyncpg
 
-from crosslogic.errors import InvalidRequestError, ModelNotFoundError
+from crosslogic.errors import ModelNotFoundError
 from crosslogic.registry.templates import ModelRecord, ModelTemplate
 from crosslogic.storage.db_errors import translate_db_errors
-
-Executor = asyncpg.Connection | asyncpg.Pool
+from crosslogic.storage.executor import Executor
+from crosslogic.storage.pagination import Page, check_page_size, to_page, unknown_cursor
 
 _COLUMNS = (
     "id, served_name, source, task, parameter_count, dtype, max_model_len, tensor_parallel_size, "
@@ -53,24 +53,26 @@ async def get_model_by_name(db: Executor, served_name: str) -> ModelRecord | Non
     return None if row is None else _record(row)
 
 
-async def list_models(db: Executor, *, limit: int, after: UUID | None = None) -> list[ModelRecord]:
+async def list_models(db: Executor, *, limit: int, after: UUID | None = None) -> Page[ModelRecord]:
     """Models in creation order; `after` is the id of the last model of the previous page."""
-    if after is None:
-        rows = await db.fetch(
-            f"SELECT {_COLUMNS} FROM models ORDER BY created_at, id LIMIT $1", limit
-        )
-    else:
-        cursor = await db.fetchrow("SELECT created_at FROM models WHERE id = $1", after)
-        if cursor is None:
-            raise InvalidRequestError(f"unknown cursor {after}", param="after", code="invalid_cursor")
-        rows = await db.fetch(
-            f"SELECT {_COLUMNS} FROM models WHERE (created_at, id) > ($1, $2) "
-            "ORDER BY created_at, id LIMIT $3",
-            cursor["created_at"],
-            after,
-            limit,
-        )
-    return [_record(row) for row in rows]
+    check_page_size(limit)
+    with translate_db_errors():
+        if after is None:
+            rows = await db.fetch(
+                f"SELECT {_COLUMNS} FROM models ORDER BY created_at, id LIMIT $1", limit + 1
+            )
+        else:
+            cursor = await db.fetchrow("SELECT created_at FROM models WHERE id = $1", after)
+            if cursor is None:
+                raise unknown_cursor(after)
+            rows = await db.fetch(
+                f"SELECT {_COLUMNS} FROM models WHERE (created_at, id) > ($1, $2) "
+                "ORDER BY created_at, id LIMIT $3",
+                cursor["created_at"],
+                after,
+                limit + 1,
+            )
+    return to_page(rows, limit, _record)
 
 
 async def delete_model(db: Executor, model_id: UUID) -> ModelRecord:

@@ -1,0 +1,59 @@
+"""An admin app on the session database, and clients holding admin JWTs of chosen scopes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from crosslogic.admin.deps import AdminDeps
+from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
+from crosslogic.admin.local_secret import mint_admin_token
+from crosslogic.admin.router import build_admin_router
+from crosslogic.api.errors import install_error_handlers
+
+ADMIN_SECRET = "t3st-Adm1n-S3cret-f0r-Unit-Tests-9q8w7e6r5t"
+CLIENT_ADDR = "203.0.113.7"
+
+ClientFactory = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture(scope="session")
+async def admin_app(db_pool: asyncpg.Pool) -> AsyncIterator[FastAPI]:
+    verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=ADMIN_SECRET))
+    app = FastAPI(title="CrossLogic admin (test)")
+    install_error_handlers(app)
+    app.include_router(build_admin_router(AdminDeps(pool=db_pool, verifier=verifier)))
+    yield app
+    await verifier.aclose()
+
+
+def admin_token(subject: str = "alice@example.com", scopes: str = "admin:write") -> str:
+    return mint_admin_token(ADMIN_SECRET, subject=subject, scopes=scopes.split(), ttl_s=300)
+
+
+@pytest.fixture
+async def client_for(admin_app: FastAPI) -> AsyncIterator[ClientFactory]:
+    """`client_for(scopes=..., subject=..., token=...)` -> an AsyncClient on the admin app."""
+    clients: list[httpx.AsyncClient] = []
+
+    def make(
+        scopes: str = "admin:write", subject: str = "alice@example.com", token: str | None = None
+    ) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=admin_app, client=(CLIENT_ADDR, 40000))
+        headers = {"authorization": f"Bearer {token or admin_token(subject, scopes)}"}
+        client = httpx.AsyncClient(transport=transport, base_url="http://admin.test", headers=headers)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def admin(client_for: ClientFactory) -> httpx.AsyncClient:
+    return client_for()
