@@ -1,0 +1,52 @@
+"""Per-application dependencies of the /v1 routes, held on `app.state.api`."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from crosslogic.api.gateway import Gateway
+from crosslogic.engine.base import ModelCard
+from crosslogic.errors import InvalidRequestError, ModelNotFoundError
+
+
+@dataclass
+class ApiContext:
+    gateway: Gateway
+    max_body_bytes: int
+    retries_before_first_token: int
+
+    def model_card(self, name: str, task: str) -> ModelCard:
+        for card in self.gateway.models():
+            if card.served_name == name:
+                if card.task != task:
+                    what = "an embedding model" if card.task == "embed" else "a text-generation model"
+                    raise InvalidRequestError(
+                        f"model '{name}' is {what} and does not support this endpoint",
+                        param="model",
+                        code="model_not_supported",
+                    )
+                return card
+        raise ModelNotFoundError(
+            f"The model '{name}' does not exist or you do not have access to it.", param="model"
+        )
+
+
+def get_context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.api
+    return ctx
+
+
+def get_request_id(request: Request) -> str:
+    # Ray Serve's proxy sets x-request-id (the client's, or a fresh one) and echoes it on the response.
+    rid = request.headers.get("x-request-id")
+    if rid and len(rid) <= 128:
+        return rid
+    return f"req_{uuid.uuid4().hex}"
+
+
+Context = Annotated[ApiContext, Depends(get_context)]
+RequestId = Annotated[str, Depends(get_request_id)]

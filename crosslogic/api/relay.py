@@ -1,0 +1,191 @@
+"""Send a request to an engine and relay its answer: retry before the first token, then stream.
+
+The first event decides the HTTP status: we wait for it before answering, so an engine failure or a
+client mistake the engine detects (context length, bad parameters) gets its proper status code
+instead of a 200 stream carrying an error. That wait costs nothing: the client waits for the first
+token either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from crosslogic.api.gateway import Gateway
+from crosslogic.engine.base import CHUNK, ERROR, RESPONSE, USAGE, Endpoint, EngineEvent
+from crosslogic.errors import CrossLogicError, UpstreamError
+from crosslogic.routing.hints import RoutingHints
+
+logger = logging.getLogger(__name__)
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class Outcome:
+    """What happened to one request, for whoever settles it (rate limits, metering)."""
+
+    __slots__ = ("status", "prompt_tokens", "completion_tokens", "first_token_at", "started_at", "finished_at", "replica")
+
+    def __init__(self) -> None:
+        self.status = "failed"
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.started_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self.replica: str | None = None
+
+
+Settle = Callable[[Outcome], Awaitable[None]]
+
+
+async def _open(
+    gateway: Gateway,
+    model: str,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    request_id: str,
+    retries: int,
+    outcome: Outcome,
+) -> tuple[EngineEvent, AsyncIterator[EngineEvent]]:
+    excluded: set[str] = set()
+    last_error: CrossLogicError | None = None
+    for attempt in range(retries + 1):
+        hints = RoutingHints(exclude=set(excluded))
+        events = gateway.stream(model, endpoint, body, request_id, hints).__aiter__()
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            last_error = UpstreamError("The engine closed the request without answering.")
+        except CrossLogicError as exc:
+            last_error = exc
+            if not exc.retryable:
+                raise
+        else:
+            retryable_engine_error = first[0] == ERROR and first[1].get("status", 500) >= 500
+            if not retryable_engine_error or attempt == retries:
+                outcome.replica = hints.chosen
+                return first, events
+            last_error = UpstreamError(first[1]["error"]["message"], code=first[1]["error"].get("code"))
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
+        if hints.chosen:
+            excluded.add(hints.chosen)
+        logger.warning("request %s failed before its first token (attempt %d): %r", request_id, attempt + 1, last_error)
+    assert last_error is not None
+    raise last_error
+
+
+def _error_json(payload: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"error": payload["error"]}, status_code=int(payload.get("status", 502)))
+
+
+def _record_usage(outcome: Outcome, usage: dict[str, int]) -> None:
+    outcome.prompt_tokens = int(usage.get("prompt_tokens", 0))
+    outcome.completion_tokens = int(usage.get("completion_tokens", 0))
+
+
+async def relay(
+    gateway: Gateway,
+    model: str,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    request_id: str,
+    *,
+    stream: bool,
+    retries: int,
+    settle: Settle | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse | StreamingResponse:
+    outcome = Outcome()
+    settled = False
+
+    async def finish() -> None:
+        nonlocal settled
+        if settled:
+            return
+        settled = True
+        outcome.finished_at = time.monotonic()
+        if settle is not None:
+            await settle(outcome)
+
+    try:
+        first, events = await _open(gateway, model, endpoint, body, request_id, retries, outcome)
+    except BaseException:
+        await finish()
+        raise
+    if first[0] == ERROR:
+        await finish()
+        return _error_json(first[1])
+    outcome.first_token_at = time.monotonic()
+    if not stream:
+        try:
+            return await _collect(first, events, outcome, headers)
+        finally:
+            await finish()
+    return StreamingResponse(
+        _stream(first, events, outcome, finish, request_id),
+        media_type="text/event-stream",
+        headers={**_SSE_HEADERS, **(headers or {})},
+    )
+
+
+async def _collect(
+    first: EngineEvent, events: AsyncIterator[EngineEvent], outcome: Outcome, headers: dict[str, str] | None
+) -> JSONResponse:
+    body: dict[str, Any] | None = None
+    event: EngineEvent | None = first
+    while event is not None:
+        kind, payload = event
+        if kind == RESPONSE:
+            body = payload
+        elif kind == USAGE:
+            _record_usage(outcome, payload)
+        elif kind == ERROR:
+            return _error_json(payload)
+        event = await anext(events, None)
+    if body is None:
+        raise UpstreamError("The engine finished without a response.")
+    if "usage" in body and not outcome.prompt_tokens:
+        _record_usage(outcome, body["usage"] or {})
+    outcome.status = "finished"
+    return JSONResponse(body, headers=headers)
+
+
+async def _stream(
+    first: EngineEvent,
+    events: AsyncIterator[EngineEvent],
+    outcome: Outcome,
+    finish: Callable[[], Awaitable[None]],
+    request_id: str,
+) -> AsyncIterator[str]:
+    outcome.status = "cancelled"  # until the stream ends normally
+    try:
+        event: EngineEvent | None = first
+        while event is not None:
+            kind, payload = event
+            if kind == CHUNK:
+                yield payload
+            elif kind == USAGE:
+                _record_usage(outcome, payload)
+            elif kind == ERROR:
+                outcome.status = "failed"
+                yield f"data: {json.dumps({'error': payload['error']})}\n\n"
+                return
+            event = await anext(events, None)
+        outcome.status = "finished"
+    except CrossLogicError as exc:
+        # Headers are gone: the failure travels in the stream, as OpenAI does it.
+        outcome.status = "failed"
+        logger.warning("stream %s failed mid-way: %r", request_id, exc)
+        yield f"data: {json.dumps(exc.body())}\n\n"
+    finally:
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
+        await finish()

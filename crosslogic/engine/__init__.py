@@ -1,0 +1,1 @@
+"""Engines behind one interface (`Engine`); the vLLM adapter is the production one."""

@@ -1,0 +1,69 @@
+"""The engine interface: everything engine-specific stays behind it.
+
+An engine runs one model and answers OpenAI-shaped requests as a stream of events. Events are small
+tuples rather than pydantic models because one is sent per generated token step across a process
+boundary, where every microsecond counts:
+
+- ``("chunk", str)``: SSE text to relay to the client as is (one or more ``data: ...\\n\\n`` events)
+- ``("response", dict)``: the whole JSON body of a non-streaming response
+- ``("error", dict)``: an OpenAI error body plus ``status`` (the request failed)
+- ``("usage", dict)``: ``prompt_tokens`` / ``completion_tokens`` as the engine counted them; always
+  the last event of a finished request, sent whether or not the client asked for usage
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+EngineEvent = tuple[str, Any]
+
+CHUNK = "chunk"
+RESPONSE = "response"
+ERROR = "error"
+USAGE = "usage"
+
+
+class EngineStats(BaseModel):
+    """Queue state an engine reports to the router."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    # Requests this engine process is handling (accepted but not finished), as the adapter counts them.
+    in_flight: int = 0
+
+
+class ModelCard(BaseModel):
+    served_name: str
+    task: Literal["generate", "embed"]
+    max_model_len: int
+    source: str
+
+
+class Engine(abc.ABC):
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None: ...
+
+    @abc.abstractmethod
+    def model_card(self) -> ModelCard: ...
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Raise if the engine cannot serve."""
+
+    @abc.abstractmethod
+    def generate(
+        self, endpoint: Endpoint, body: dict[str, Any], request_id: str
+    ) -> AsyncIterator[EngineEvent]:
+        """Serve one request. Closing the iterator early aborts the request in the engine."""

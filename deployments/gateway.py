@@ -1,0 +1,104 @@
+"""`Gateway` over Ray Serve deployment handles: how the ingress reaches engines and the router."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import exceptions as ray_exceptions
+from ray.serve import exceptions as serve_exceptions
+from ray.serve.handle import DeploymentHandle
+
+from crosslogic.api.gateway import DependencyStatus, Readiness
+from crosslogic.config import AppConfig
+from crosslogic.engine.base import Endpoint, EngineEvent, ModelCard
+from crosslogic.errors import ServiceUnavailableError, UpstreamError
+from crosslogic.routing.hints import RoutingHints
+from deployments.router_actor import get_router
+
+logger = logging.getLogger("ray.serve")
+
+# Failures of a replica (not of the request): retryable on another replica.
+_REPLICA_FAILURES = (
+    ray_exceptions.RayActorError,
+    ray_exceptions.ActorUnavailableError,
+    ray_exceptions.RayTaskError,
+)
+
+
+class ServeGateway:
+    def __init__(self, config: AppConfig, handles: dict[str, DeploymentHandle]) -> None:
+        self._config = config
+        self._handles = {name: h.options(stream=True) for name, h in handles.items()}
+        self._card_handles = handles
+        self._cards: dict[str, ModelCard] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_cards())
+
+    async def _refresh_cards(self) -> None:
+        # Engines start slower than the ingress: a model is listed once one of its replicas answers.
+        while True:
+            for name, handle in self._card_handles.items():
+                if name in self._cards:
+                    continue
+                try:
+                    raw = await asyncio.wait_for(handle.model_card.remote(), timeout=5)
+                    self._cards[name] = ModelCard.model_validate(raw)
+                except Exception as exc:
+                    logger.info("model %s not ready yet: %r", name, exc)
+            await asyncio.sleep(1.0 if len(self._cards) < len(self._card_handles) else 30.0)
+
+    def models(self) -> list[ModelCard]:
+        return [self._cards[m.served_name] for m in self._config.models if m.served_name in self._cards]
+
+    async def stream(
+        self, model: str, endpoint: Endpoint, body: dict[str, Any], request_id: str, hints: RoutingHints
+    ) -> AsyncIterator[EngineEvent]:
+        handle = self._handles.get(model)
+        if handle is None:
+            raise ServiceUnavailableError(f"no engine deployment for model '{model}'")
+        response = handle.generate.remote(endpoint, body, request_id, hints)
+        finished = False
+        try:
+            async for event in response:
+                yield event
+            finished = True
+        except serve_exceptions.BackPressureError:
+            raise ServiceUnavailableError(f"model '{model}' is at capacity; retry shortly", code="engine_overloaded") from None
+        except serve_exceptions.DeploymentUnavailableError:
+            raise ServiceUnavailableError(f"no healthy engine for model '{model}'") from None
+        except _REPLICA_FAILURES as exc:
+            logger.warning("engine replica failed on request %s: %s", request_id, type(exc).__name__)
+            raise UpstreamError("The engine replica failed while handling the request.") from None
+        finally:
+            if not finished:
+                # Client gone or request failed: cancel the replica's work (aborts the vLLM request).
+                response.cancel()
+
+    async def readiness(self) -> Readiness:
+        deps: dict[str, DependencyStatus] = {}
+        engines: dict[str, Any] = {}
+        try:
+            engines = await asyncio.wait_for(get_router().engines.remote(), timeout=2)
+            deps["router"] = DependencyStatus(ok=True, detail=f"{len(engines)} engine replicas reporting")
+        except Exception as exc:
+            deps["router"] = DependencyStatus(ok=False, detail=f"router actor unreachable: {type(exc).__name__}")
+        for m in self._config.models:
+            fresh = [rid for rid, e in engines.items() if e["model"] == m.served_name and e["fresh"]]
+            deps[f"engine:{m.served_name}"] = DependencyStatus(
+                ok=bool(fresh) and m.served_name in self._cards,
+                detail=f"{len(fresh)} healthy replicas of {m.num_replicas}",
+                data={"replicas": {rid: engines[rid]["stats"] for rid in fresh}},
+            )
+        return Readiness(ready=all(d.ok for d in deps.values()), dependencies=deps)
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
