@@ -68,12 +68,14 @@ _COLUMNS = (
 )
 
 
+def _jsonable(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    return json.dumps(value, default=str, sort_keys=True)
+    return json.dumps(_jsonable(value), default=str, sort_keys=True)
 
 
 def _entry(row: asyncpg.Record) -> AuditEntry:
@@ -160,7 +162,11 @@ async def audited(
                 target_type=target_type,
                 target_id=change.target_id,
                 before=change.before,
-                after={"error": {"code": exc.code, "message": exc.message}},
+                # What was attempted (if the body got that far) next to why it was refused.
+                after={
+                    "error": {"code": exc.code, "message": exc.message},
+                    "attempted": _jsonable(change.after),
+                },
                 result="error",
             )
             emit_audit_log(entry)

@@ -6,13 +6,17 @@ from fastapi import APIRouter
 
 from crosslogic.admin.deps import AdminDeps
 from crosslogic.admin.routes_audit import audit_router
+from crosslogic.admin.routes_keys import keys_router
 from crosslogic.admin.routes_models import models_router
+from crosslogic.admin.routes_tenants import tenants_router
 
 ADMIN_PREFIX = "/admin/v1"
 
 
 def build_admin_router(deps: AdminDeps) -> APIRouter:
     router = APIRouter(prefix=ADMIN_PREFIX)
+    router.include_router(tenants_router(deps))
+    router.include_router(keys_router(deps))
     router.include_router(models_router(deps))
     router.include_router(audit_router(deps))
     return router

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
+from admin_support import ADMIN_SECRET, CLIENT_ADDR, ClientFactory, admin_token
 from fastapi import FastAPI
 
 from crosslogic.admin.deps import AdminDeps
 from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
-from crosslogic.admin.local_secret import mint_admin_token
 from crosslogic.admin.router import build_admin_router
 from crosslogic.api.errors import install_error_handlers
-
-ADMIN_SECRET = "t3st-Adm1n-S3cret-f0r-Unit-Tests-9q8w7e6r5t"
-CLIENT_ADDR = "203.0.113.7"
-
-ClientFactory = Callable[..., httpx.AsyncClient]
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +24,6 @@ async def admin_app(db_pool: asyncpg.Pool) -> AsyncIterator[FastAPI]:
     app.include_router(build_admin_router(AdminDeps(pool=db_pool, verifier=verifier)))
     yield app
     await verifier.aclose()
-
-
-def admin_token(subject: str = "alice@example.com", scopes: str = "admin:write") -> str:
-    return mint_admin_token(ADMIN_SECRET, subject=subject, scopes=scopes.split(), ttl_s=300)
 
 
 @pytest.fixture

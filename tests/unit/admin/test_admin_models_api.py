@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import httpx
 import jwt
-from conftest import ADMIN_SECRET, CLIENT_ADDR, ClientFactory
+from admin_support import ADMIN_SECRET, CLIENT_ADDR, ClientFactory, assert_error
 
 from crosslogic.admin.jwt_auth import LOCAL_AUDIENCE, LOCAL_ISSUER
 
@@ -28,17 +28,6 @@ def template(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["code"], str)
-    if param is not None:
-        assert error["param"] == param, error
-    assert "Traceback" not in response.text
-    return error
 
 
 async def audit_rows(db_pool: asyncpg.Pool, **where: str) -> list[asyncpg.Record]:
