@@ -1,0 +1,161 @@
+"""In-cluster rate-limit state: one named Ray actor per cluster holding an `InMemoryRateLimiter`.
+
+This is the backend when `REDIS_URL` is unset. It is correct across all ingress replicas of ONE Ray
+cluster (every decision runs in the actor, one at a time); it is not shared across clusters, and an
+actor restart forgets the current windows and leases (limits are then briefly lenient, never stricter).
+`ActorRateLimiter` is the `RateLimiter` the ingress uses; it turns an unreachable actor into
+`RateLimitBackendError` so `FailoverRateLimiter` applies the configured fail mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util import metrics as ray_metrics
+
+from crosslogic.errors import CrossLogicError
+from crosslogic.ratelimit import (
+    Admission,
+    AdmissionRequest,
+    InMemoryRateLimiter,
+    RateLimitBackendError,
+    RateLimitConfig,
+    RateLimiter,
+    Settlement,
+    Subject,
+    SubjectState,
+)
+
+RATELIMIT_ACTOR_NAME = "crosslogic-ratelimit"
+NAMESPACE = "crosslogic"
+# A call to a live actor on the same cluster answers in about a millisecond; a dead one must fail fast.
+ACTOR_CALL_TIMEOUT_S = 2.0
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class RateLimitActor:
+    """Async actor: methods run on one event loop and never await mid-decision, so each is atomic."""
+
+    def __init__(self, config: RateLimitConfig) -> None:
+        self._limiter = InMemoryRateLimiter(config, backend_label="actor")
+
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        return self._limiter.admit_now(request)
+
+    async def settle(self, admission: Admission, actual_tokens: int) -> Settlement:
+        return self._limiter.settle_now(admission, actual_tokens)
+
+    async def extend(self, admission: Admission, lease_ttl_s: float | None) -> bool:
+        return self._limiter.extend_now(admission, lease_ttl_s)
+
+    async def state(self, subject: Subject) -> SubjectState:
+        return self._limiter.state_now(subject)
+
+    async def ping(self) -> bool:
+        return True
+
+
+def get_ratelimit_actor(config: RateLimitConfig) -> Any:
+    """The cluster's limiter actor, created by whichever replica asks first."""
+    return RateLimitActor.options(  # type: ignore[attr-defined]
+        name=RATELIMIT_ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(config)
+
+
+class ActorRateLimiter(RateLimiter):
+    backend_name = "actor"
+
+    def __init__(self, actor: Any, timeout_s: float = ACTOR_CALL_TIMEOUT_S) -> None:
+        self._actor = actor
+        self._timeout_s = timeout_s
+
+    @classmethod
+    def connect(cls, config: RateLimitConfig) -> ActorRateLimiter:
+        return cls(get_ratelimit_actor(config))
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            ref = getattr(self._actor, method).remote(*args)
+            return await asyncio.wait_for(ref, timeout=self._timeout_s)
+        except RayTaskError as exc:
+            # A client mistake raised in the actor (duplicate request id) keeps its OpenAI shape.
+            if isinstance(exc.cause, CrossLogicError):
+                raise exc.cause from None
+            raise
+        except (RayActorError, GetTimeoutError, asyncio.TimeoutError) as exc:
+            raise RateLimitBackendError(f"rate-limit actor: {type(exc).__name__}: {exc}") from exc
+
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        result: Admission = await self._call("admit", request)
+        return result
+
+    async def settle(self, admission: Admission, actual_tokens: int) -> Settlement:
+        if not admission.admitted:
+            return Settlement(request_id=admission.request_id)
+        result: Settlement = await self._call("settle", admission, actual_tokens)
+        return result
+
+    async def extend(self, admission: Admission, lease_ttl_s: float | None = None) -> bool:
+        return bool(await self._call("extend", admission, lease_ttl_s))
+
+    async def state(self, subject: Subject) -> SubjectState:
+        result: SubjectState = await self._call("state", subject)
+        return result
+
+
+# Seconds; the Redis admission is sub-millisecond, the actor hop about one millisecond.
+_LATENCY_BOUNDARIES = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+
+
+class RayRateLimitMetrics:
+    """`RateLimitMetrics` on `ray.util.metrics`, exported to Prometheus by Ray. Create one per process
+    (inside a replica), never at import time."""
+
+    def __init__(self) -> None:
+        self._decisions = ray_metrics.Counter(
+            "crosslogic_ratelimit_decisions_total",
+            description="Rate-limit admissions and rejections.",
+            tag_keys=("tenant", "key_prefix", "model", "outcome", "reason"),
+        )
+        self._latency = ray_metrics.Histogram(
+            "crosslogic_ratelimit_latency_seconds",
+            description="Time spent in the rate limiter per call.",
+            boundaries=_LATENCY_BOUNDARIES,
+            tag_keys=("operation", "backend"),
+        )
+        self._leases = ray_metrics.Gauge(
+            "crosslogic_ratelimit_active_leases",
+            description="Concurrency leases held by a tenant, as last seen by this replica.",
+            tag_keys=("tenant",),
+        )
+        self._errors = ray_metrics.Counter(
+            "crosslogic_ratelimit_backend_errors_total",
+            description="Rate-limit backend calls that failed (unreachable or timed out).",
+            tag_keys=("backend", "operation"),
+        )
+        self._fail_mode = ray_metrics.Counter(
+            "crosslogic_ratelimit_fail_mode_total",
+            description="Decisions made while the shared backend was down (open, closed, recovered).",
+            tag_keys=("decision",),
+        )
+
+    def record_decision(
+        self, *, tenant_id: str, key_prefix: str, model: str, outcome: str, reason: str
+    ) -> None:
+        self._decisions.inc(tags={"tenant": tenant_id, "key_prefix": key_prefix, "model": model,
+                                  "outcome": outcome, "reason": reason})
+
+    def observe_latency(self, *, operation: str, backend: str, seconds: float) -> None:
+        self._latency.observe(seconds, tags={"operation": operation, "backend": backend})
+
+    def set_active_leases(self, *, tenant_id: str, count: int) -> None:
+        self._leases.set(count, tags={"tenant": tenant_id})
+
+    def record_backend_error(self, *, backend: str, operation: str) -> None:
+        self._errors.inc(tags={"backend": backend, "operation": operation})
+
+    def record_fail_mode(self, *, decision: str) -> None:
+        self._fail_mode.inc(tags={"decision": decision})
