@@ -1,0 +1,1 @@
+"""API-key authentication for the /v1 routes (admin JWT auth lives in `crosslogic.admin`)."""

@@ -1,0 +1,116 @@
+"""LISTEN on `crosslogic_auth`, reconnecting forever, so every replica's key cache hears changes.
+
+Migration 0001's triggers NOTIFY this channel (at commit) whenever a key or tenant changes in a way
+that can alter an authentication decision. The listener holds one pooled connection, health-checks it
+twice a second (a silently dead TCP connection delivers nothing and raises nothing), and reports
+`on_lost` the moment it stops trusting the connection, so the cache can stop trusting itself too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+AUTH_CHANNEL = "crosslogic_auth"
+
+
+class InvalidationListener:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        on_message: Callable[[dict[str, Any] | None], None],
+        on_connected: Callable[[], None],
+        on_lost: Callable[[], None],
+        channel: str = AUTH_CHANNEL,
+        health_interval_s: float = 0.5,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._on_lost = on_lost
+        self._channel = channel
+        self._health_interval_s = health_interval_s
+        self._max_backoff_s = max_backoff_s
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self.reconnects = 0
+        self.connections = 0
+        self.backend_pid: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self, *, wait_s: float = 5.0) -> bool:
+        """Start listening; return whether the first LISTEN succeeded within `wait_s`."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="crosslogic-auth-listener")
+        try:
+            await asyncio.wait_for(self._connected.wait(), wait_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            connections_before = self.connections
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Any failure means notifications may have been missed: reconnect, never give up.
+                log.warning("auth invalidation listener lost (%s: %s); reconnecting",
+                            type(exc).__name__, exc)
+            self.reconnects += 1
+            if self.connections != connections_before:
+                backoff = 0.1  # it worked for a while: retry promptly
+            await asyncio.sleep(backoff)
+            backoff = min(self._max_backoff_s, backoff * 2)
+
+    async def _listen_once(self) -> None:
+        conn = await self._pool.acquire()
+        closed = asyncio.Event()
+        conn.add_termination_listener(lambda _c: closed.set())
+        try:
+            await conn.add_listener(self._channel, self._deliver)
+            self.connections += 1
+            self.backend_pid = conn.get_server_pid()
+            self._connected.set()
+            self._on_connected()
+            while not closed.is_set():
+                try:
+                    await asyncio.wait_for(closed.wait(), self._health_interval_s)
+                except TimeoutError:
+                    await conn.execute("SELECT 1", timeout=self._health_interval_s)
+            raise ConnectionError("listener connection closed")
+        finally:
+            if self._connected.is_set():
+                self._connected.clear()
+                self._on_lost()
+            # A connection that failed a health check cannot be trusted back into the pool.
+            conn.terminate()
+            await self._pool.release(conn)
+
+    def _deliver(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            message = None
+        self._on_message(message if isinstance(message, dict) else None)
