@@ -18,6 +18,7 @@ from collections.abc import Sequence
 # dependency is missing does not break the others.
 GROUP_MODULES: tuple[str, ...] = (
     "crosslogic.cli.models",
+    "crosslogic.cli.migrate",
 )
 
 
