@@ -19,6 +19,7 @@ from collections.abc import Sequence
 GROUP_MODULES: tuple[str, ...] = (
     "crosslogic.cli.models",
     "crosslogic.cli.migrate",
+    "crosslogic.cli.admin",
 )
 
 

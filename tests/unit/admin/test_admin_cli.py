@@ -1,0 +1,100 @@
+"""The operator CLI against the admin app: tables, --json, errors, and `admin token`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from admin_support import admin_token
+from fastapi import FastAPI
+
+from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
+from crosslogic.admin.local_secret import load_or_create_local_secret
+from crosslogic.cli.admin import format_table
+from crosslogic.cli.main import build_parser, main
+
+
+async def run_cli(app: FastAPI, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    args = build_parser().parse_args([*argv, "--token", admin_token(subject="cli-test")])
+    args.transport = httpx.ASGITransport(app=app)
+    code = await args.handler(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_tenant_and_key_commands(admin_app: FastAPI, capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    code, out, _ = await run_cli(admin_app, capsys, "tenants", "create", name, "--rpm", "30", "--json")
+    assert code == 0
+    tenant: dict[str, Any] = json.loads(out)
+    assert tenant["name"] == name and tenant["rpm"] == 30
+
+    code, out, _ = await run_cli(admin_app, capsys, "tenants", "update", tenant["id"], "--rpm", "none", "--tpm", "500")
+    assert code == 0
+    header, row = out.splitlines()[:2]
+    assert header.split()[:4] == ["ID", "NAME", "STATUS", "RPM"]
+    assert row.split()[:5] == [tenant["id"], name, "active", "-", "500"]
+
+    code, out, _ = await run_cli(admin_app, capsys, "tenants", "suspend", tenant["id"])
+    assert code == 0 and "suspended" in out
+    code, out, _ = await run_cli(admin_app, capsys, "tenants", "list", "--status", "suspended", "--limit", "100")
+    assert code == 0 and name in out
+
+    code, out, _ = await run_cli(admin_app, capsys, "keys", "create", tenant["id"], "--name", "ci", "--model", "m1")
+    assert code == 0
+    secret = out.split("secret: ")[1].split()[0]
+    assert secret.startswith("sk-cl-") and "shown once" in out
+    code, out, _ = await run_cli(admin_app, capsys, "keys", "list", tenant["id"], "--json")
+    key = json.loads(out)["data"][0]
+    assert secret not in out and key["scopes"] == ["m1"]
+    code, out, _ = await run_cli(admin_app, capsys, "keys", "revoke", key["id"])
+    assert code == 0 and key["id"] in out
+
+    code, out, _ = await run_cli(admin_app, capsys, "audit", "--target-id", tenant["id"], "--json")
+    actions = [e["action"] for e in json.loads(out)["data"]]
+    assert actions == ["tenant.suspend", "tenant.update", "tenant.create"]
+    assert {e["actor"] for e in json.loads(out)["data"]} == {"cli-test"}
+
+
+async def test_api_errors_are_one_line_and_exit_1(
+    admin_app: FastAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await run_cli(admin_app, capsys, "tenants", "get", str(uuid.uuid4()))
+    assert code == 1 and out == ""
+    assert err.startswith("error (404 not_found): tenant ") and err.count("\n") == 1
+    code, _, err = await run_cli(admin_app, capsys, "tenants", "create", "x", "--stripe-customer-id", "nope")
+    assert code == 1 and "stripe_customer_id" in err
+
+
+def test_bad_limit_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tenants", "create", "x", "--rpm", "fast"])
+    assert info.value.code == 2 and "expected an integer or 'none'" in capsys.readouterr().err
+
+
+async def test_admin_token_uses_the_local_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CROSSLOGIC_HOME", str(tmp_path))
+    monkeypatch.delenv("CROSSLOGIC_ADMIN_JWT_SECRET", raising=False)
+    assert main(["admin", "token", "--scope", "admin:read", "--subject", "ops"]) == 0
+    token = capsys.readouterr().out.strip()
+    verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=load_or_create_local_secret(tmp_path)))
+    principal = await verifier.verify(token)
+    assert principal.subject == "ops" and principal.scopes == {"admin:read"}
+
+
+def test_format_table() -> None:
+    table = format_table(
+        [{"id": "1", "scopes": [], "at": "2026-11-27T05:43:00.123456+00:00"}, {"id": "22", "scopes": ["a", "b"]}],
+        ("id", "scopes", "at"),
+    )
+    assert table.splitlines() == [
+        "ID  SCOPES  AT",
+        "1   (all)   2026-11-27 05:43:00",
+        "22  a,b     -",
+    ]
