@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslogic.devmodels.catalog import DevModel
+from crosslogic.errors import ConfigError
 
 Progress = Callable[[str], None]
 
@@ -72,8 +73,14 @@ def convert_gguf(source: Path, target: Path, model: DevModel, progress: Progress
     """Write a bf16 checkpoint of the GGUF file `source` into the (empty) folder `target`."""
     with _hub_offline():
         with _phase(progress, "importing transformers"):
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+            try:
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+            except ImportError as exc:
+                raise ConfigError(
+                    f"converting {model.name} needs torch, transformers, gguf and accelerate "
+                    f"(pip install -e '.[cpu]'): {exc}"
+                ) from exc
 
         folder, filename = str(source.parent), source.name
         with _phase(progress, "building tokenizer from GGUF metadata"):

@@ -173,7 +173,10 @@ def _convert(model: DevModel, source: Path, target: Path, progress: Progress) ->
             conversion_seconds=round(seconds, 2),
         )
         (staged / MARKER_FILE).write_text(marker.model_dump_json(indent=2) + "\n")
+        # mkdtemp and safetensors create owner-only files; a model folder is not a secret.
         staged.chmod(0o755)
+        for item in staged.iterdir():
+            item.chmod(0o644)
         _swap_into_place(staged, target)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -3,9 +3,11 @@ verification and alias resolution. No network: both models come from installed P
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -181,6 +183,27 @@ def test_interrupted_conversion_leaves_nothing_behind(tmp_path: Path) -> None:
         prepare_dev_model("smollm2-135m", home_settings, progress=interrupt)
     leftovers = [p.name for p in (tmp_path / "models").iterdir() if p.is_dir()]
     assert leftovers == []
+
+
+def test_waiter_uses_the_checkpoint_another_process_finished(converted, tmp_path: Path) -> None:
+    prepared, _ = converted
+    waiting = Settings(home=tmp_path)
+    lock_path = tmp_path / "models" / ".smollm2-135m.lock"
+    lock_path.parent.mkdir(parents=True)
+    result: list[PreparedModel] = []
+    with lock_path.open("a") as handle:
+        # Play the process that is converting: hold the lock, then publish a checkpoint.
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        waiter = threading.Thread(
+            target=lambda: result.append(prepare_dev_model("smollm2-135m", waiting))
+        )
+        waiter.start()
+        time.sleep(0.3)
+        assert not result, "prepare must wait for the lock holder"
+        _copy_small_files(prepared.path, tmp_path / "models" / "smollm2-135m")
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    waiter.join(timeout=30)
+    assert result and result[0].cached is True
 
 
 def test_embedding_model_is_served_in_place(settings: Settings) -> None:
