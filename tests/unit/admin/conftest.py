@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 import asyncpg
 import httpx
@@ -29,20 +30,18 @@ async def admin_app(db_pool: asyncpg.Pool) -> AsyncIterator[FastAPI]:
 @pytest.fixture
 async def client_for(admin_app: FastAPI) -> AsyncIterator[ClientFactory]:
     """`client_for(scopes=..., subject=..., token=...)` -> an AsyncClient on the admin app."""
-    clients: list[httpx.AsyncClient] = []
+    async with AsyncExitStack() as closing:
 
-    def make(
-        scopes: str = "admin:write", subject: str = "alice@example.com", token: str | None = None
-    ) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=admin_app, client=(CLIENT_ADDR, 40000))
-        headers = {"authorization": f"Bearer {token or admin_token(subject, scopes)}"}
-        client = httpx.AsyncClient(transport=transport, base_url="http://admin.test", headers=headers)
-        clients.append(client)
-        return client
+        def make(
+            scopes: str = "admin:write", subject: str = "alice@example.com", token: str | None = None
+        ) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=admin_app, client=(CLIENT_ADDR, 40000))
+            headers = {"authorization": f"Bearer {token or admin_token(subject, scopes)}"}
+            client = httpx.AsyncClient(transport=transport, base_url="http://admin.test", headers=headers)
+            closing.push_async_callback(client.aclose)
+            return client
 
-    yield make
-    for client in clients:
-        await client.aclose()
+        yield make
 
 
 @pytest.fixture
