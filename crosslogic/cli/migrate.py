@@ -57,6 +57,8 @@ async def _migrate(args: argparse.Namespace) -> int:
                           "migrations": rows}))
         return 0
     print(f"database: {redact_dsn(dsn)}")
+    if not Settings.from_env().database_url:
+        print("  (embedded PostgreSQL: left running for the local stack, data kept between runs)")
     for row in rows:
         print(f"  {row['file']:<40} {'applied' if row['applied'] else 'pending'}")
     if not args.status:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -80,7 +81,9 @@ async def resolve_database_url(settings: Settings) -> str:
     return server.dsn()
 
 
-async def open_database(settings: Settings, *, migrate: bool = True) -> asyncpg.Pool:
+async def open_database(
+    settings: Settings, *, migrate: bool = True, migrations_dir: Path | None = None
+) -> asyncpg.Pool:
     """Start-up path of every process that needs PostgreSQL: reach it, migrate it, pool it.
 
     Raises `ConfigError` (one line) when the server is unreachable or a migration fails.
@@ -90,7 +93,7 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> asyncpg.
     try:
         if migrate:
             # MigrationError is a ConfigError: its message is already the one line to show.
-            applied = await apply_migrations(conn)
+            applied = await apply_migrations(conn, migrations_dir)
             if applied:
                 log.info("applied migrations: %s", ", ".join(m.filename for m in applied))
     finally:
