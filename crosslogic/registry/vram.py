@@ -67,7 +67,15 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
     )
 }
 # Names SkyPilot and people commonly use for the same parts.
-_ALIASES = {"A100": "A100-40GB", "H100": "H100-80GB", "H200": "H200-141GB", "V100": "V100-16GB"}
+# Ray's `accelerator_type` values (ray.util.accelerators) are included, e.g. "A100-80G".
+_ALIASES = {
+    "A100": "A100-40GB",
+    "A100-40G": "A100-40GB",
+    "A100-80G": "A100-80GB",
+    "H100": "H100-80GB",
+    "H200": "H200-141GB",
+    "V100": "V100-16GB",
+}
 
 
 class VramEstimate(BaseModel):
