@@ -9,12 +9,14 @@ from crosslogic.admin.routes_audit import audit_router
 from crosslogic.admin.routes_keys import keys_router
 from crosslogic.admin.routes_models import models_router
 from crosslogic.admin.routes_tenants import tenants_router
+from crosslogic.api.errors import error_responses
 
 ADMIN_PREFIX = "/admin/v1"
 
 
 def build_admin_router(deps: AdminDeps) -> APIRouter:
-    router = APIRouter(prefix=ADMIN_PREFIX)
+    # Every admin route can answer these; 400 replaces FastAPI's 422 (see install_error_handlers).
+    router = APIRouter(prefix=ADMIN_PREFIX, responses=error_responses(401, 403, 404))
     router.include_router(tenants_router(deps))
     router.include_router(keys_router(deps))
     router.include_router(models_router(deps))

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from crosslogic.admin.audit import audited
 from crosslogic.admin.deps import AdminCall, AdminDeps, Deleted, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
+from crosslogic.api.errors import error_responses
 from crosslogic.registry import repository
 from crosslogic.registry.templates import ModelRecord, ModelTemplate
 from crosslogic.registry.vram import (
@@ -85,6 +86,7 @@ def models_router(deps: AdminDeps) -> APIRouter:
         "",
         status_code=status.HTTP_201_CREATED,
         summary="Register a model template (refused when it does not fit the target accelerator)",
+        responses=error_responses(409),
     )
     async def create_model(call: Writer, body: ModelCreate) -> ModelView:
         template = ModelTemplate(**body.model_dump(exclude={"accelerator", "max_num_seqs"}))

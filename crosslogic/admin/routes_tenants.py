@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, status
 from crosslogic.admin.audit import audited
 from crosslogic.admin.deps import AdminCall, AdminDeps, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
+from crosslogic.api.errors import error_responses
 from crosslogic.errors import InvalidRequestError
 from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from crosslogic.tenants import tenant_repository as tenants
@@ -20,7 +21,9 @@ def tenants_router(deps: AdminDeps) -> APIRouter:
     Reader = Annotated[AdminCall, Depends(require_scope(deps, AdminScope.READ))]
     Writer = Annotated[AdminCall, Depends(require_scope(deps, AdminScope.WRITE))]
 
-    @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a tenant")
+    @router.post(
+        "", status_code=status.HTTP_201_CREATED, summary="Create a tenant", responses=error_responses(409)
+    )
     async def create_tenant(call: Writer, body: TenantCreate) -> Tenant:
         async with audited(deps.pool, call.audit, action="tenant.create", target_type="tenant") as change:
             change.after = body

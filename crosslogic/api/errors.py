@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crosslogic.errors import CrossLogicError, InternalError, InvalidRequestError
+from crosslogic.errors import CrossLogicError, ErrorBody, InternalError, InvalidRequestError
 
 log = logging.getLogger("crosslogic.api.errors")
 
@@ -102,8 +102,51 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(InternalError("internal server error"))
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting OpenAI-shaped errors for these statuses."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS.get(status, "Error")} for status in statuses}
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request (`param` names the failing field)",
+    401: "Missing, invalid or expired credentials",
+    403: "Credentials lack the required permission",
+    404: "Unknown id or route",
+    409: "Conflicts with an existing resource",
+}
+
+
+def _document_400_not_422(app: FastAPI) -> None:
+    # FastAPI documents validation failures as 422 with its own body; we answer 400 in OpenAI shape.
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            if "ErrorBody" not in components:
+                body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components["ErrorBody"] = body
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", {
+                            "description": _DESCRIPTIONS[400],
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                        })
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CrossLogicError, _crosslogic_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(Exception, _unexpected)
+    _document_400_not_422(app)

@@ -151,3 +151,18 @@ async def test_auth_failures_are_denied_and_audited(
         "SELECT after->>'reason' AS reason FROM audit_log WHERE result = 'denied' AND actor = 'anonymous'"
     )
     assert {"missing", "expired"} <= {row["reason"] for row in denied}
+
+
+async def test_openapi_documents_every_admin_route(admin: httpx.AsyncClient) -> None:
+    spec = (await admin.get("/openapi.json")).json()
+    operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+    admin_ops = [item for item in operations if item[0].startswith("/admin/v1/")]
+    assert len(admin_ops) == 15
+    for path, method, op in admin_ops:
+        assert op["summary"], (path, method)
+        assert op["security"] == [{"HTTPBearer": []}]
+        assert "422" not in op["responses"] and {"401", "403", "404"} <= set(op["responses"])
+        ok = op["responses"].get("200") or op["responses"]["201"]
+        assert ok["content"]["application/json"]["schema"], (path, method)
+    assert "ErrorBody" in spec["components"]["schemas"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
