@@ -140,6 +140,15 @@ async def audited(
     target_id: str | None = None,
 ) -> AsyncIterator[AuditedChange]:
     """Run a change and its audit row in one transaction; set `before`/`after`/`target_id` inside."""
+    with translate_db_errors():
+        async with _audited(pool, ctx, action=action, target_type=target_type, target_id=target_id) as change:
+            yield change
+
+
+@asynccontextmanager
+async def _audited(
+    pool: asyncpg.Pool, ctx: AuditContext, *, action: str, target_type: str, target_id: str | None
+) -> AsyncIterator[AuditedChange]:
     async with pool.acquire() as conn:
         change = AuditedChange(conn, target_id)
         try:
@@ -155,21 +164,25 @@ async def audited(
                     after=change.after,
                 )
         except CrossLogicError as exc:
-            entry = await write_audit(
-                conn,
-                ctx,
-                action=action,
-                target_type=target_type,
-                target_id=change.target_id,
-                before=change.before,
-                # What was attempted (if the body got that far) next to why it was refused.
-                after={
-                    "error": {"code": exc.code, "message": exc.message},
-                    "attempted": _jsonable(change.after),
-                },
-                result="error",
-            )
-            emit_audit_log(entry)
+            # What was attempted (if the body got that far) next to why it was refused.
+            after = {"error": {"code": exc.code, "message": exc.message}, "attempted": _jsonable(change.after)}
+            try:
+                entry = await write_audit(
+                    conn,
+                    ctx,
+                    action=action,
+                    target_type=target_type,
+                    target_id=change.target_id,
+                    before=change.before,
+                    after=after,
+                    result="error",
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as audit_exc:
+                # The database itself failed (e.g. the error was a lost connection): the client must
+                # see the original error, and the attempt still reaches the log.
+                log.error("could not write audit row for failed %s: %r", action, audit_exc)
+            else:
+                emit_audit_log(entry)
             raise
     if change.entry is not None:
         emit_audit_log(change.entry)
@@ -178,15 +191,20 @@ async def audited(
 async def record_denied(
     db: Executor, ctx: AuditContext, *, action: str, target_id: str | None, reason: str
 ) -> None:
-    entry = await write_audit(
-        db,
-        ctx,
-        action=action,
-        target_type="admin_api",
-        target_id=target_id,
-        after={"reason": reason},
-        result="denied",
-    )
+    """Best effort: a refused caller gets its 401/403 even when the database is unavailable."""
+    try:
+        entry = await write_audit(
+            db,
+            ctx,
+            action=action,
+            target_type="admin_api",
+            target_id=target_id,
+            after={"reason": reason},
+            result="denied",
+        )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.error("could not write audit row for denied %s: %r", action, exc)
+        return
     emit_audit_log(entry)
 
 

@@ -253,3 +253,25 @@ async def test_local_secret_is_created_private_and_reused(tmp_path: Path) -> Non
     secret_path(home).chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_or_create_local_secret(home)
+
+
+# --- start-up ----------------------------------------------------------------------------------
+
+
+def test_startup_refuses_missing_or_weak_secret_outside_the_local_stack(tmp_path: Path) -> None:
+    from crosslogic.admin.startup import admin_auth_config
+    from crosslogic.settings import Settings
+
+    with pytest.raises(ConfigError, match="CROSSLOGIC_ADMIN_JWT_SECRET"):
+        admin_auth_config(Settings(home=tmp_path))
+    with pytest.raises(ConfigError, match="too short"):
+        admin_auth_config(Settings(home=tmp_path, admin_jwt_secret="hunter2"), local_stack=True)
+    assert not secret_path(tmp_path).exists()
+    local = admin_auth_config(Settings(home=tmp_path), local_stack=True)
+    assert local.hs256_secret is not None
+    assert local.hs256_secret.get_secret_value() == secret_path(tmp_path).read_text().strip()
+    oidc = admin_auth_config(
+        Settings(home=tmp_path / "other", admin_oidc_issuer="https://idp.example.com", admin_oidc_audience="a"),
+        local_stack=True,
+    )
+    assert oidc.hs256_secret is None and oidc.oidc_issuer == "https://idp.example.com"

@@ -166,3 +166,22 @@ async def test_openapi_documents_every_admin_route(admin: httpx.AsyncClient) -> 
         assert ok["content"]["application/json"]["schema"], (path, method)
     assert "ErrorBody" in spec["components"]["schemas"]
     assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+async def test_refusal_still_answers_401_when_the_audit_table_is_unreachable(database_url: str) -> None:
+    from fastapi import FastAPI
+
+    from crosslogic.admin.deps import AdminDeps
+    from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
+    from crosslogic.admin.router import build_admin_router
+    from crosslogic.api.errors import install_error_handlers
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    await pool.close()
+    app = FastAPI()
+    install_error_handlers(app)
+    verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=ADMIN_SECRET))
+    app.include_router(build_admin_router(AdminDeps(pool=pool, verifier=verifier)))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as client:
+        assert_error(await client.get("/admin/v1/tenants"), 401)
