@@ -1,9 +1,10 @@
 """LISTEN on `crosslogic_auth`, reconnecting forever, so every replica's key cache hears changes.
 
 Migration 0001's triggers NOTIFY this channel (at commit) whenever a key or tenant changes in a way
-that can alter an authentication decision. The listener holds one pooled connection, health-checks it
-twice a second (a silently dead TCP connection delivers nothing and raises nothing), and reports
-`on_lost` the moment it stops trusting the connection, so the cache can stop trusting itself too.
+that can alter an authentication decision. The listener holds one pooled connection (so the pool needs
+max_size >= 2), health-checks it twice a second (a silently dead TCP connection delivers nothing and
+raises nothing), and reports `on_lost` the moment it stops trusting the connection, so the cache can
+stop trusting itself too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class InvalidationListener:
         channel: str = AUTH_CHANNEL,
         health_interval_s: float = 0.5,
         max_backoff_s: float = 5.0,
+        dead_after_s: float = 5.0,
     ) -> None:
         self._pool = pool
         self._on_message = on_message
@@ -40,6 +42,7 @@ class InvalidationListener:
         self._channel = channel
         self._health_interval_s = health_interval_s
         self._max_backoff_s = max_backoff_s
+        self._dead_after_s = dead_after_s
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self.reconnects = 0
@@ -88,8 +91,10 @@ class InvalidationListener:
         conn = await self._pool.acquire()
         closed = asyncio.Event()
         conn.add_termination_listener(lambda _c: closed.set())
+        subscribed = False
         try:
             await conn.add_listener(self._channel, self._deliver)
+            subscribed = True
             self.connections += 1
             self.backend_pid = conn.get_server_pid()
             self._connected.set()
@@ -98,15 +103,31 @@ class InvalidationListener:
                 try:
                     await asyncio.wait_for(closed.wait(), self._health_interval_s)
                 except TimeoutError:
-                    await conn.execute("SELECT 1", timeout=self._health_interval_s)
+                    await self._check_alive(conn)
             raise ConnectionError("listener connection closed")
         finally:
-            if self._connected.is_set():
-                self._connected.clear()
+            self._connected.clear()
+            if subscribed:
                 self._on_lost()
             # A connection that failed a health check cannot be trusted back into the pool.
             conn.terminate()
             await self._pool.release(conn)
+
+    async def _check_alive(self, conn: asyncpg.Connection) -> None:
+        probe = asyncio.ensure_future(conn.fetchval("SELECT 1"))
+        try:
+            done, _ = await asyncio.wait({probe}, timeout=self._health_interval_s)
+            if done:
+                probe.result()
+                return
+            # Slow or dead? Until we know, the cache must not trust itself (short TTL). A slow but
+            # live connection loses no notifications, so when it answers nothing needs invalidating.
+            self._connected.clear()
+            await asyncio.wait_for(probe, self._dead_after_s)
+            self._connected.set()
+        finally:
+            if not probe.done():
+                probe.cancel()
 
     def _deliver(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:

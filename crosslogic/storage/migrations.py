@@ -109,7 +109,9 @@ async def apply_migrations(
             done.append(migration)
         return done
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        # A lost connection released the lock with it; unlocking would only mask the real error.
+        if not conn.is_closed():
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
 def _verify_applied(migrations: list[Migration], applied: dict[int, asyncpg.Record]) -> None:
