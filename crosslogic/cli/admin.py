@@ -104,12 +104,19 @@ def _show(args: argparse.Namespace, result: Any, columns: Sequence[str]) -> None
 # --- commands --------------------------------------------------------------------------------
 
 
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return "operator"
+
+
 def _token_for(args: argparse.Namespace) -> str:
     token = args.token or os.environ.get("CROSSLOGIC_ADMIN_TOKEN")
     if token:
         return str(token)
     secret = resolve_admin_secret(Settings.from_env(), create_local=False)
-    return mint_admin_token(secret, subject=f"cli:{getpass.getuser()}", ttl_s=CLI_TOKEN_TTL_S)
+    return mint_admin_token(secret, subject=f"cli:{_whoami()}", ttl_s=CLI_TOKEN_TTL_S)
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
@@ -259,7 +266,7 @@ def register(subparsers: Any) -> None:
 
     admin = _group(subparsers, "admin", "admin plane helpers (token)")
     token = admin.add_parser("token", help="print a short-lived admin JWT for the local stack")
-    token.add_argument("--subject", default=f"local:{getpass.getuser()}", help="the JWT subject (audit actor)")
+    token.add_argument("--subject", default=f"local:{_whoami()}", help="the JWT subject (audit actor)")
     token.add_argument("--scope", choices=[s.value for s in AdminScope], default=AdminScope.WRITE.value)
     token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL_S, help="lifetime in seconds")
     token.set_defaults(handler=_cmd_token)

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from test_vram import LLAMA_70B
+from test_registry_vram import LLAMA_70B
 
 from crosslogic.config import AppConfig
 from crosslogic.errors import ConfigError
