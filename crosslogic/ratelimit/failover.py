@@ -7,12 +7,19 @@
 A failure opens a breaker: for `probe_interval_s` requests go straight to the fail mode without touching
 the backend (no request pays a timeout twice), then exactly one request probes it; success closes the
 breaker and everything returns to the shared state. Admissions made locally settle locally.
+
+Cancellation (a client disconnecting while we wait on Redis) must not leak: the backend call runs in a
+shielded task; if the caller is cancelled during admission, a granted lease is released in the
+background, and a settlement that was started always completes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from crosslogic.errors import ServiceUnavailableError
 from crosslogic.ratelimit.base import RateLimitBackendError, RateLimitConfig, RateLimiter
@@ -21,6 +28,7 @@ from crosslogic.ratelimit.metrics import NoopRateLimitMetrics, RateLimitMetrics
 from crosslogic.ratelimit.models import Admission, AdmissionRequest, Settlement, Subject, SubjectState
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FailoverRateLimiter(RateLimiter):
@@ -37,6 +45,8 @@ class FailoverRateLimiter(RateLimiter):
         self.backend_name = primary.backend_name
         self._down_until: float | None = None
         self._probing = False
+        # Strong references: the event loop keeps only weak ones to running tasks.
+        self._background: set[asyncio.Future[Any]] = set()
 
     @property
     def degraded(self) -> bool:
@@ -64,7 +74,33 @@ class FailoverRateLimiter(RateLimiter):
         self.metrics.record_backend_error(backend=self.primary.backend_name, operation=operation)
         self._down_until = time.monotonic() + self.config.probe_interval_s
 
+    def _keep(self, future: asyncio.Future[Any]) -> None:
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+    async def _shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.ensure_future(coro)
+        self._keep(task)
+        return await asyncio.shield(task)
+
     async def admit(self, request: AdmissionRequest) -> Admission:
+        task = asyncio.ensure_future(self._admit(request))
+        self._keep(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, task: asyncio.Future[Admission]) -> None:
+        """The caller was cancelled while its admission was being decided: give the slot back."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        admission = task.result()
+        if admission.admitted:
+            self._keep(asyncio.ensure_future(self._settle(admission, 0)))
+
+    async def _admit(self, request: AdmissionRequest) -> Admission:
         if self._may_try_primary():
             try:
                 admission = await self.primary.admit(request)
@@ -92,6 +128,9 @@ class FailoverRateLimiter(RateLimiter):
         return request.model_copy(update={"tenant": tenant, "key": key})
 
     async def settle(self, admission: Admission, actual_tokens: int) -> Settlement:
+        return await self._shielded(self._settle(admission, actual_tokens))
+
+    async def _settle(self, admission: Admission, actual_tokens: int) -> Settlement:
         if admission.backend == "local":
             return self.local.settle_now(admission, actual_tokens)
         # While the breaker is open the lease is left to expire: settle runs in a `finally` after the
@@ -133,4 +172,6 @@ class FailoverRateLimiter(RateLimiter):
             ) from exc
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.primary.close()

@@ -1,0 +1,111 @@
+"""RPM exactness on both backends: concurrent bursts, several replicas, and the window edge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from rl_support import LimiterFactory, SubjectsFactory, admit
+
+from crosslogic.ratelimit import Limits
+
+
+async def test_concurrent_burst_admits_exactly_the_limit(
+    make_limiter: LimiterFactory, new_subjects: SubjectsFactory
+) -> None:
+    # Two "replicas" (independent clients on Redis) hammer one tenant at once.
+    replicas = [await make_limiter(window_s=30.0), await make_limiter(window_s=30.0)]
+    tenant, (key,) = new_subjects(tenant=Limits(rpm=37))
+    results = await asyncio.gather(
+        *(admit(replicas[i % 2], tenant, key) for i in range(200)))
+    assert sum(a.admitted for a in results) == 37
+    rejected = [a for a in results if not a.admitted]
+    assert {a.rejection.limit for a in rejected if a.rejection} == {"rpm"}
+    assert all(a.rejection and a.rejection.subject_kind == "tenant" for a in rejected)
+    state = await replicas[0].state(tenant)
+    assert state.requests_in_window == 37 and state.remaining_requests == 0
+
+
+async def test_sliding_window_has_no_boundary_burst(
+    make_limiter: LimiterFactory, new_subjects: SubjectsFactory
+) -> None:
+    """Admissions made late in one window still count early in the next: no 2x at the edge, and
+    quota comes back exactly as old requests leave the window (a fixed window or GCRA would let a
+    whole new limit through)."""
+    window = 1.0
+    limiter = await make_limiter(window_s=window)
+    tenant, _ = new_subjects(tenant=Limits(rpm=6))
+    start = time.monotonic()
+    first = [await admit(limiter, tenant) for _ in range(2)]
+    await asyncio.sleep(0.5)
+    late = [await admit(limiter, tenant) for _ in range(4)]
+    assert all(a.admitted for a in first + late)
+    refused = await admit(limiter, tenant)
+    assert not refused.admitted and refused.rejection is not None
+    # The oldest request frees its slot `window` after it was admitted.
+    retry = refused.rejection.retry_after_s
+    assert retry is not None and 0.3 < retry <= window
+    # Just past the first window's edge only the two early requests have left it.
+    await asyncio.sleep(max(0.0, start + window + 0.1 - time.monotonic()))
+    after_edge = [await admit(limiter, tenant) for _ in range(6)]
+    assert sum(a.admitted for a in after_edge) == 2
+    # Once the late ones have also left, the full limit is back.
+    await asyncio.sleep(max(0.0, start + 0.5 + window + 0.15 - time.monotonic()))
+    assert sum([(await admit(limiter, tenant)).admitted for _ in range(8)]) == 4
+
+
+async def test_retry_after_is_exact(make_limiter: LimiterFactory, new_subjects: SubjectsFactory) -> None:
+    limiter = await make_limiter(window_s=0.6)
+    tenant, (key,) = new_subjects(key=Limits(rpm=3))
+    for _ in range(3):
+        assert (await admit(limiter, tenant, key)).admitted
+    refused = await admit(limiter, tenant, key)
+    assert refused.rejection is not None and refused.rejection.subject_kind == "key"
+    retry = refused.rejection.retry_after_s
+    assert retry is not None and retry <= 0.6
+    # Well before retry-after: still refused; just after: admitted.
+    await asyncio.sleep(max(0.0, retry - 0.2))
+    assert not (await admit(limiter, tenant, key)).admitted
+    await asyncio.sleep(0.25)
+    assert (await admit(limiter, tenant, key)).admitted
+
+
+async def test_continuous_demand_over_a_window_admits_the_limit(
+    make_limiter: LimiterFactory, new_subjects: SubjectsFactory
+) -> None:
+    """Clients retrying all through one full window get exactly N admissions."""
+    window, limit = 1.0, 25
+    limiter = await make_limiter(window_s=window)
+    tenant, _ = new_subjects(tenant=Limits(rpm=limit))
+    deadline = time.monotonic() + window * 0.9
+
+    async def client() -> int:
+        admitted = 0
+        while time.monotonic() < deadline:
+            admitted += (await admit(limiter, tenant)).admitted
+            await asyncio.sleep(0.005)
+        return admitted
+
+    assert sum(await asyncio.gather(*(client() for _ in range(8)))) == limit
+
+
+async def test_unlimited_subjects_keep_no_window(
+    make_limiter: LimiterFactory, new_subjects: SubjectsFactory
+) -> None:
+    limiter = await make_limiter()
+    tenant, (key,) = new_subjects()
+    admission = await admit(limiter, tenant, key, tokens=10)
+    assert admission.admitted and admission.requests is None and admission.tokens is None
+    state = await limiter.state(tenant)
+    assert state.requests_in_window == 0 and state.remaining_requests is None
+    assert state.active_leases == 1
+
+
+async def test_zero_limit_never_admits(
+    make_limiter: LimiterFactory, new_subjects: SubjectsFactory
+) -> None:
+    limiter = await make_limiter()
+    tenant, (key,) = new_subjects(key=Limits(rpm=0))
+    refused = await admit(limiter, tenant, key)
+    assert not refused.admitted and refused.rejection is not None
+    assert refused.rejection.limit == "rpm" and refused.rejection.retry_after_s is None
