@@ -165,7 +165,10 @@ async def _audited(
                 )
         except CrossLogicError as exc:
             # What was attempted (if the body got that far) next to why it was refused.
-            after = {"error": {"code": exc.code, "message": exc.message}, "attempted": _jsonable(change.after)}
+            after = {
+                "error": {"code": exc.code, "message": exc.message},
+                "attempted": _jsonable(change.after),
+            }
             try:
                 entry = await write_audit(
                     conn,

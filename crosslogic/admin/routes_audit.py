@@ -27,7 +27,9 @@ def audit_router(deps: AdminDeps) -> APIRouter:
         since: Annotated[datetime | None, Query(description="Entries at or after (ISO 8601)")] = None,
         until: Annotated[datetime | None, Query(description="Entries before (ISO 8601)")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-        after: Annotated[int | None, Query(ge=1, description="Id of the last entry of the previous page")] = None,
+        after: Annotated[
+            int | None, Query(ge=1, description="`last_id` of the previous page")
+        ] = None,
     ) -> Page[AuditEntry]:
         query = AuditFilter(
             actor=actor,

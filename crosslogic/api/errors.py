@@ -23,6 +23,7 @@ log = logging.getLogger("crosslogic.api.errors")
 
 # Where FastAPI says a value came from; not part of the field path a client sees.
 _LOCATION_ROOTS = frozenset({"body", "query", "path", "header", "cookie"})
+_BAD_REQUEST = ("invalid_request_error", "bad_request")
 _HTTP_CODES = {
     401: ("invalid_request_error", "unauthorized"),
     403: ("invalid_request_error", "permission_denied"),
@@ -83,10 +84,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    error_type, code = _HTTP_CODES.get(
-        exc.status_code,
-        ("server_error", "internal_error") if exc.status_code >= 500 else ("invalid_request_error", "bad_request"),
-    )
+    fallback = ("server_error", "internal_error") if exc.status_code >= 500 else _BAD_REQUEST
+    error_type, code = _HTTP_CODES.get(exc.status_code, fallback)
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"unknown route: {request.method} {request.url.path}"
     elif exc.status_code == 405:
@@ -104,7 +103,10 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting OpenAI-shaped errors for these statuses."""
-    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS.get(status, "Error")} for status in statuses}
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS.get(status, "Error")}
+        for status in statuses
+    }
 
 
 _DESCRIPTIONS = {
@@ -113,6 +115,12 @@ _DESCRIPTIONS = {
     403: "Credentials lack the required permission",
     404: "Unknown id or route",
     409: "Conflicts with an existing resource",
+}
+
+
+_DOCUMENTED_400 = {
+    "description": _DESCRIPTIONS[400],
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
 }
 
 
@@ -132,10 +140,7 @@ def _document_400_not_422(app: FastAPI) -> None:
                 for operation in operations.values():
                     responses = operation.get("responses", {})
                     if responses.pop("422", None) is not None:
-                        responses.setdefault("400", {
-                            "description": _DESCRIPTIONS[400],
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-                        })
+                        responses.setdefault("400", _DOCUMENTED_400)
             for unused in ("HTTPValidationError", "ValidationError"):
                 components.pop(unused, None)
             app.openapi_schema = schema

@@ -40,7 +40,9 @@ class AdminApiError(Exception):
 class AdminClient:
     """A thin async client for `/admin/v1` that turns OpenAI-shaped errors into AdminApiError."""
 
-    def __init__(self, base_url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, base_url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + ADMIN_PATH,
             headers={"authorization": f"Bearer {token}"},
@@ -55,7 +57,12 @@ class AdminClient:
         await self._http.aclose()
 
     async def call(
-        self, method: str, path: str, *, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Any:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         response = await self._http.request(method, path, json=body, params=query)
@@ -236,7 +243,9 @@ def _http_options() -> argparse.ArgumentParser:
 
 def _limit_options(parser: argparse.ArgumentParser, *, stripe: bool) -> None:
     for name in ("rpm", "tpm", "max-concurrency"):
-        parser.add_argument(f"--{name}", type=_limit_value, help="a positive integer, or 'none' for unlimited")
+        parser.add_argument(
+            f"--{name}", type=_limit_value, help="a positive integer, or 'none' for unlimited"
+        )
     if stripe:
         parser.add_argument("--stripe-customer-id", help="Stripe customer id (cus_…), or 'none'")
 
@@ -297,7 +306,9 @@ def register(subparsers: Any) -> None:
     key_create = keys.add_parser("create", parents=[common], help="create an API key (secret shown once)")
     key_create.add_argument("tenant_id")
     key_create.add_argument("--name", required=True)
-    key_create.add_argument("--model", action="append", help="allow only this model (repeatable; default all)")
+    key_create.add_argument(
+        "--model", action="append", help="allow only this model (repeatable; default: all models)"
+    )
     key_create.add_argument("--expires-at", help="ISO 8601 time, e.g. 2027-01-01T00:00:00Z")
     _limit_options(key_create, stripe=False)
     key_create.set_defaults(handler=_keys_create)

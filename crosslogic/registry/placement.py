@@ -51,14 +51,19 @@ def check_deployment(
     deployment: ModelDeploymentConfig, registered: ModelTemplate | None, *, budget_seqs: int = 1
 ) -> PlacementCheck:
     options = deployment.ray_actor_options
-    accelerator = options.get("accelerator_type")
+    raw_accelerator = options.get("accelerator_type")
+    accelerator = raw_accelerator if isinstance(raw_accelerator, str) else None
     name = deployment.served_name
+
+    def skipped(reason: str) -> PlacementCheck:
+        return PlacementCheck(served_name=name, accelerator=accelerator, estimate=None, skipped=reason)
+
     if not options.get("num_gpus"):
-        return PlacementCheck(served_name=name, accelerator=None, estimate=None, skipped="no GPU requested")
-    if not isinstance(accelerator, str):
-        return PlacementCheck(served_name=name, accelerator=None, estimate=None, skipped="no accelerator_type")
+        return skipped("no GPU requested")
+    if accelerator is None:
+        return skipped("no accelerator_type")
     if registered is None:
-        return PlacementCheck(served_name=name, accelerator=accelerator, estimate=None, skipped="not registered")
+        return skipped("not registered")
     template = effective_template(deployment, registered)
     try:
         estimate = check_fits(template, accelerator, max_num_seqs=budget_seqs)
