@@ -205,7 +205,8 @@ class JwksKeyCache:
         issuer = (self._config.oidc_issuer or "").rstrip("/")
         response = await self._http().get(f"{issuer}/.well-known/openid-configuration")
         response.raise_for_status()
-        url = response.json().get("jwks_uri")
+        document = response.json()
+        url = document.get("jwks_uri") if isinstance(document, Mapping) else None
         if not isinstance(url, str):
             raise ValueError("openid-configuration has no jwks_uri")
         return url

@@ -238,6 +238,19 @@ async def test_jwks_rejections(idp: JwksServer) -> None:
         await verifier.aclose()
 
 
+async def test_unreachable_issuer_gives_401_and_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    with serve_jwks() as gone:
+        issuer = gone.issuer  # the port is free again once the server stops
+    verifier = AdminJWTVerifier(AdminAuthConfig(oidc_issuer=issuer, oidc_audience=AUDIENCE))
+    token = jwt.encode(claims(iss=issuer, aud=AUDIENCE), rsa_key(), "RS256", headers={"kid": "k"})
+    try:
+        with caplog.at_level(logging.WARNING, logger="crosslogic.admin.auth"):
+            assert await rejected(verifier, token) == "unknown_kid"
+    finally:
+        await verifier.aclose()
+    assert any('"jwks_fetch_failed"' in record.getMessage() for record in caplog.records)
+
+
 # --- the local stack's secret ----------------------------------------------------------------
 
 
