@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import asyncpg
 import pytest
@@ -26,7 +27,7 @@ async def make_auth(database_url: str, db_pool: asyncpg.Pool) -> AsyncIterator[M
     """Authenticators with their own pools, like ingress replicas in separate processes."""
     made: list[tuple[KeyAuthenticator, asyncpg.Pool]] = []
 
-    async def make(**options: float) -> KeyAuthenticator:
+    async def make(**options: Any) -> KeyAuthenticator:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
         auth = KeyAuthenticator(pool, **options)
         await auth.start()
@@ -40,7 +41,8 @@ async def make_auth(database_url: str, db_pool: asyncpg.Pool) -> AsyncIterator[M
 
 
 async def new_tenant(db: asyncpg.Pool, **limits: int) -> Tenant:
-    return await create_tenant(db, TenantCreate(name=f"t-{uuid.uuid4().hex[:10]}", **limits))
+    spec = TenantCreate.model_validate({"name": f"t-{uuid.uuid4().hex[:10]}", **limits})
+    return await create_tenant(db, spec)
 
 
 async def new_key(db: asyncpg.Pool, tenant: Tenant, **spec: object) -> CreatedApiKey:

@@ -85,6 +85,7 @@ async def test_tenant_pagination(db_pool: asyncpg.Pool) -> None:
                 seen += [t.id for t in page.data if t.id in ids]
                 if not page.has_more:
                     break
+                assert isinstance(page.last_id, uuid.UUID)
                 after = page.last_id
             # One transaction shares one now(): ties on created_at are broken by id.
             assert seen == [t.id for t in sorted(created, key=lambda t: (t.created_at, t.id))]
