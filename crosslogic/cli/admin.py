@@ -1,134 +1,35 @@
-"""Operator commands: `crosslogic admin token`, `tenants …`, `keys …`, `audit` (via the admin HTTP API).
-
-Every HTTP command takes `--url` (or CROSSLOGIC_URL, default http://127.0.0.1:8000), `--token` (or
-CROSSLOGIC_ADMIN_TOKEN; without one, a 5-minute token is minted from the local admin secret) and
-`--json` for machine-readable output instead of a table.
+"""Operator commands over the admin HTTP API: `crosslogic admin token|models`, `tenants …`, `keys …`,
+`audit`. Readable tables by default, `--json` for scripts (options: `crosslogic.cli.admin_client`).
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
-
-import httpx
 
 from crosslogic.admin.jwt_auth import AdminScope
 from crosslogic.admin.local_secret import DEFAULT_TOKEN_TTL_S, mint_admin_token, resolve_admin_secret
+from crosslogic.cli.admin_client import (
+    format_table,
+    http_options,
+    page_options,
+    run_request,
+    whoami,
+)
 from crosslogic.errors import ConfigError
 from crosslogic.settings import Settings
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-ADMIN_PATH = "/admin/v1"
-CLI_TOKEN_TTL_S = 300
-
-TENANT_COLUMNS = ("id", "name", "status", "rpm", "tpm", "max_concurrency", "stripe_customer_id", "created_at")
+TENANT_COLUMNS = (
+    "id", "name", "status", "rpm", "tpm", "max_concurrency", "stripe_customer_id", "created_at"
+)
 KEY_COLUMNS = ("id", "name", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at")
 AUDIT_COLUMNS = ("id", "at", "actor", "action", "target_type", "target_id", "result")
-
-
-class AdminApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-
-class AdminClient:
-    """A thin async client for `/admin/v1` that turns OpenAI-shaped errors into AdminApiError."""
-
-    def __init__(
-        self, base_url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + ADMIN_PATH,
-            headers={"authorization": f"Bearer {token}"},
-            timeout=30,
-            transport=transport,
-        )
-
-    async def __aenter__(self) -> AdminClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._http.aclose()
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> Any:
-        query = {k: v for k, v in (params or {}).items() if v is not None}
-        response = await self._http.request(method, path, json=body, params=query)
-        if response.is_success:
-            return response.json()
-        try:
-            error = response.json()["error"]
-            raise AdminApiError(response.status_code, str(error["message"]), error.get("code"))
-        except (ValueError, KeyError, TypeError):
-            raise AdminApiError(response.status_code, response.text[:200], None) from None
-
-
-# --- output ----------------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "(all)"
-    text = str(value)
-    # Timestamps to the second: enough to read, and keeps the table narrow.
-    if len(text) > 19 and text[10:11] == "T":
-        return text[:19].replace("T", " ")
-    return text
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
-
-
-def _show(args: argparse.Namespace, result: Any, columns: Sequence[str]) -> None:
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    rows = result["data"] if isinstance(result, dict) and result.get("object") == "list" else [result]
-    print(format_table(rows, columns))
-    if isinstance(result, dict) and result.get("has_more"):
-        print(f"(more: --after {result['last_id']})")
-
-
-# --- commands --------------------------------------------------------------------------------
-
-
-def _whoami() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        return "operator"
-
-
-def _token_for(args: argparse.Namespace) -> str:
-    token = args.token or os.environ.get("CROSSLOGIC_ADMIN_TOKEN")
-    if token:
-        return str(token)
-    secret = resolve_admin_secret(Settings.from_env(), create_local=False)
-    return mint_admin_token(secret, subject=f"cli:{_whoami()}", ttl_s=CLI_TOKEN_TTL_S)
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    url = args.url or os.environ.get("CROSSLOGIC_URL") or DEFAULT_URL
-    return AdminClient(url, _token_for(args), transport=getattr(args, "transport", None))
+MODEL_COLUMNS = (
+    "id", "served_name", "dtype", "parameter_count", "max_model_len", "tensor_parallel_size",
+    "per_gpu_gib", "fits_on",
+)
 
 
 def _limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,31 +40,6 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             body[name] = None if value == "none" else value
     return body
-
-
-async def _run(
-    args: argparse.Namespace,
-    method: str,
-    path: str,
-    columns: Sequence[str],
-    *,
-    show: Callable[[argparse.Namespace, Any], None] | None = None,
-    **kw: Any,
-) -> int:
-    try:
-        async with _client(args) as client:
-            result = await client.call(method, path, **kw)
-    except AdminApiError as exc:
-        print(f"error ({exc.status} {exc.code}): {exc.message}", file=sys.stderr)
-        return 1
-    except (ConfigError, httpx.HTTPError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if show is not None:
-        show(args, result)
-    else:
-        _show(args, result, columns)
-    return 0
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -178,28 +54,28 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 async def _tenants_create(args: argparse.Namespace) -> int:
     body = {"name": args.name, **_limits(args)}
-    return await _run(args, "POST", "/tenants", TENANT_COLUMNS, body=body)
+    return await run_request(args, "POST", "/tenants", TENANT_COLUMNS, body=body)
 
 
 async def _tenants_list(args: argparse.Namespace) -> int:
     params = {"limit": args.limit, "after": args.after, "status": args.status}
-    return await _run(args, "GET", "/tenants", TENANT_COLUMNS, params=params)
+    return await run_request(args, "GET", "/tenants", TENANT_COLUMNS, params=params)
 
 
 async def _tenants_get(args: argparse.Namespace) -> int:
-    return await _run(args, "GET", f"/tenants/{args.tenant_id}", TENANT_COLUMNS)
+    return await run_request(args, "GET", f"/tenants/{args.tenant_id}", TENANT_COLUMNS)
 
 
 async def _tenants_update(args: argparse.Namespace) -> int:
-    return await _run(args, "PATCH", f"/tenants/{args.tenant_id}", TENANT_COLUMNS, body=_limits(args))
+    return await run_request(args, "PATCH", f"/tenants/{args.tenant_id}", TENANT_COLUMNS, body=_limits(args))
 
 
 async def _tenants_suspend(args: argparse.Namespace) -> int:
-    return await _run(args, "POST", f"/tenants/{args.tenant_id}/suspend", TENANT_COLUMNS)
+    return await run_request(args, "POST", f"/tenants/{args.tenant_id}/suspend", TENANT_COLUMNS)
 
 
 async def _tenants_reactivate(args: argparse.Namespace) -> int:
-    return await _run(args, "POST", f"/tenants/{args.tenant_id}/reactivate", TENANT_COLUMNS)
+    return await run_request(args, "POST", f"/tenants/{args.tenant_id}/reactivate", TENANT_COLUMNS)
 
 
 def _show_created_key(args: argparse.Namespace, created: Any) -> None:
@@ -213,32 +89,79 @@ def _show_created_key(args: argparse.Namespace, created: Any) -> None:
 async def _keys_create(args: argparse.Namespace) -> int:
     body = {"name": args.name, "scopes": args.model or [], "expires_at": args.expires_at, **_limits(args)}
     path = f"/tenants/{args.tenant_id}/keys"
-    return await _run(args, "POST", path, KEY_COLUMNS, show=_show_created_key, body=body)
+    return await run_request(args, "POST", path, KEY_COLUMNS, show=_show_created_key, body=body)
 
 
 async def _keys_list(args: argparse.Namespace) -> int:
     params = {"limit": args.limit, "after": args.after, "include_revoked": str(not args.active).lower()}
-    return await _run(args, "GET", f"/tenants/{args.tenant_id}/keys", KEY_COLUMNS, params=params)
+    return await run_request(args, "GET", f"/tenants/{args.tenant_id}/keys", KEY_COLUMNS, params=params)
 
 
 async def _keys_revoke(args: argparse.Namespace) -> int:
-    return await _run(args, "POST", f"/keys/{args.key_id}/revoke", KEY_COLUMNS)
+    return await run_request(args, "POST", f"/keys/{args.key_id}/revoke", KEY_COLUMNS)
 
 
 async def _audit(args: argparse.Namespace) -> int:
     names = ("actor", "action", "target_type", "target_id", "result", "since", "until", "limit", "after")
-    return await _run(args, "GET", "/audit", AUDIT_COLUMNS, params={n: getattr(args, n) for n in names})
+    return await run_request(args, "GET", "/audit", AUDIT_COLUMNS, params={n: getattr(args, n) for n in names})
+
+
+def _show_models(args: argparse.Namespace, result: Any) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    models = result["data"] if result.get("object") == "list" else [result]
+    # The VRAM figures live in a nested object; lift them into columns.
+    rows = [{**m, "per_gpu_gib": m["vram"]["per_gpu_gib"], "fits_on": m["vram"]["fits_on"]} for m in models]
+    print(format_table(rows, MODEL_COLUMNS))
+
+
+async def _models_list(args: argparse.Namespace) -> int:
+    params = {"limit": args.limit, "after": args.after, "max_num_seqs": args.max_num_seqs}
+    return await run_request(args, "GET", "/models", MODEL_COLUMNS, show=_show_models, params=params)
+
+
+async def _models_create(args: argparse.Namespace) -> int:
+    names = (
+        "served_name", "source", "task", "parameter_count", "dtype", "max_model_len",
+        "tensor_parallel_size", "num_layers", "num_kv_heads", "head_dim", "price_input_per_mtok",
+        "price_output_per_mtok", "accelerator", "max_num_seqs",
+    )
+    body = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return await run_request(args, "POST", "/models", MODEL_COLUMNS, show=_show_models, body=body)
+
+
+async def _models_delete(args: argparse.Namespace) -> int:
+    return await run_request(args, "DELETE", f"/models/{args.model_id}", ("id", "object", "deleted"))
+
+
+def _register_models(admin: Any, common: argparse.ArgumentParser) -> None:
+    models = admin.add_parser("models", help="the model registry (templates with VRAM estimates)")
+    commands = models.add_subparsers(dest="admin_models_command", metavar="SUBCOMMAND")
+    models.set_defaults(handler=lambda _args: models.print_help() or 2)
+    listing = commands.add_parser("list", parents=[common], help="list templates and their VRAM needs")
+    page_options(listing)
+    listing.add_argument("--max-num-seqs", type=int, help="sequence budget for the KV cache (default 1)")
+    listing.set_defaults(handler=_models_list)
+    create = commands.add_parser("create", parents=[common], help="register a template")
+    create.add_argument("served_name")
+    create.add_argument("--source", required=True, help="Hugging Face model id or path")
+    create.add_argument("--task", choices=["generate", "embed"])
+    create.add_argument("--parameter-count", type=int, required=True)
+    create.add_argument("--dtype", required=True, help="float32, float16, bfloat16, fp8, int8 or int4")
+    create.add_argument("--max-model-len", type=int, required=True)
+    for name in ("tensor-parallel-size", "num-layers", "num-kv-heads", "head-dim", "max-num-seqs"):
+        create.add_argument(f"--{name}", type=int)
+    create.add_argument("--price-input-per-mtok", help="USD per million input tokens")
+    create.add_argument("--price-output-per-mtok", help="USD per million output tokens")
+    create.add_argument("--accelerator", help="refuse unless it fits, e.g. L4, A100-80GB, H100-80GB")
+    create.set_defaults(handler=_models_create)
+    delete = commands.add_parser("delete", parents=[common], help="delete a template")
+    delete.add_argument("model_id")
+    delete.set_defaults(handler=_models_delete)
 
 
 # --- argument parsing ------------------------------------------------------------------------
-
-
-def _http_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help=f"CrossLogic base URL (env CROSSLOGIC_URL, default {DEFAULT_URL})")
-    common.add_argument("--token", help="admin JWT (env CROSSLOGIC_ADMIN_TOKEN; default: mint a local one)")
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return common
 
 
 def _limit_options(parser: argparse.ArgumentParser, *, stripe: bool) -> None:
@@ -259,11 +182,6 @@ def _limit_value(raw: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {raw!r}") from None
 
 
-def _page_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=int, default=20, help="page size (1-100)")
-    parser.add_argument("--after", help="continue after this id (printed at the end of a page)")
-
-
 def _group(subparsers: Any, name: str, help_text: str) -> Any:
     parser = subparsers.add_parser(name, help=help_text)
     parser.set_defaults(handler=lambda _args: parser.print_help() or 2)
@@ -271,14 +189,15 @@ def _group(subparsers: Any, name: str, help_text: str) -> Any:
 
 
 def register(subparsers: Any) -> None:
-    common = _http_options()
+    common = http_options()
 
-    admin = _group(subparsers, "admin", "admin plane helpers (token)")
+    admin = _group(subparsers, "admin", "admin plane: tokens and the model registry")
     token = admin.add_parser("token", help="print a short-lived admin JWT for the local stack")
-    token.add_argument("--subject", default=f"local:{_whoami()}", help="the JWT subject (audit actor)")
+    token.add_argument("--subject", default=f"local:{whoami()}", help="the JWT subject (audit actor)")
     token.add_argument("--scope", choices=[s.value for s in AdminScope], default=AdminScope.WRITE.value)
     token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL_S, help="lifetime in seconds")
     token.set_defaults(handler=_cmd_token)
+    _register_models(admin, common)
 
     tenants = _group(subparsers, "tenants", "manage tenants")
     create = tenants.add_parser("create", parents=[common], help="create a tenant")
@@ -286,7 +205,7 @@ def register(subparsers: Any) -> None:
     _limit_options(create, stripe=True)
     create.set_defaults(handler=_tenants_create)
     listing = tenants.add_parser("list", parents=[common], help="list tenants")
-    _page_options(listing)
+    page_options(listing)
     listing.add_argument("--status", choices=["active", "suspended"])
     listing.set_defaults(handler=_tenants_list)
     for name, handler, help_text in (
@@ -315,7 +234,7 @@ def register(subparsers: Any) -> None:
     key_list = keys.add_parser("list", parents=[common], help="list a tenant's keys (never secrets)")
     key_list.add_argument("tenant_id")
     key_list.add_argument("--active", action="store_true", help="hide revoked keys")
-    _page_options(key_list)
+    page_options(key_list)
     key_list.set_defaults(handler=_keys_list)
     revoke = keys.add_parser("revoke", parents=[common], help="revoke an API key")
     revoke.add_argument("key_id")
@@ -325,5 +244,5 @@ def register(subparsers: Any) -> None:
     for name in ("actor", "action", "target-type", "target-id", "since", "until"):
         audit.add_argument(f"--{name}")
     audit.add_argument("--result", choices=["success", "error", "denied"])
-    _page_options(audit)
+    page_options(audit)
     audit.set_defaults(handler=_audit)

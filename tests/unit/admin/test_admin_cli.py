@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
 from crosslogic.admin.local_secret import load_or_create_local_secret
-from crosslogic.cli.admin import format_table
+from crosslogic.cli.admin_client import format_table
 from crosslogic.cli.main import build_parser, main
 
 
@@ -98,3 +98,20 @@ def test_format_table() -> None:
         "1   (all)   2026-11-27 05:43:00",
         "22  a,b     -",
     ]
+
+
+async def test_model_registry_commands(admin_app: FastAPI, capsys: pytest.CaptureFixture[str]) -> None:
+    name = f"cli-llama-{uuid.uuid4().hex[:6]}"
+    shape = ["--num-layers", "80", "--num-kv-heads", "8", "--head-dim", "128", "--max-model-len", "8192"]
+    base = ["admin", "models", "create", name, "--source", "meta-llama/Llama-3.1-70B-Instruct",
+            "--parameter-count", "70553706496", "--dtype", "bfloat16", *shape]
+    code, out, err = await run_cli(admin_app, capsys, *base, "--accelerator", "H100-80GB")
+    assert code == 1 and "135.9 GiB per GPU" in err
+    code, out, _ = await run_cli(admin_app, capsys, *base, "--tensor-parallel-size", "4", "--accelerator", "H100")
+    assert code == 0, out
+    header, row = out.splitlines()
+    assert "PER_GPU_GIB" in header and name in row and "H100-80GB" in row
+    code, out, _ = await run_cli(admin_app, capsys, "admin", "models", "list", "--limit", "100", "--json")
+    model = next(m for m in json.loads(out)["data"] if m["served_name"] == name)
+    code, out, _ = await run_cli(admin_app, capsys, "admin", "models", "delete", model["id"])
+    assert code == 0 and "model_template.deleted" in out
