@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 
 from crosslogic.ratelimit import Admission, AdmissionRequest, RateLimiter, Subject
@@ -43,3 +44,29 @@ async def assert_usage(
         assert state.tokens_in_window == tokens, state
     if leases is not None:
         assert state.active_leases == leases, state
+
+
+@dataclass
+class RecordingMetrics:
+    """Records what the limiter reports (a sink for the metrics protocol)."""
+
+    decisions: list[dict[str, str]] = field(default_factory=list)
+    latencies: list[tuple[str, str, float]] = field(default_factory=list)
+    leases: dict[str, int] = field(default_factory=dict)
+    fail_mode: list[str] = field(default_factory=list)
+    backend_errors: list[str] = field(default_factory=list)
+
+    def record_decision(self, **labels: str) -> None:
+        self.decisions.append(labels)
+
+    def observe_latency(self, *, operation: str, backend: str, seconds: float) -> None:
+        self.latencies.append((operation, backend, seconds))
+
+    def set_active_leases(self, *, tenant_id: str, count: int) -> None:
+        self.leases[tenant_id] = count
+
+    def record_backend_error(self, *, backend: str, operation: str) -> None:
+        self.backend_errors.append(operation)
+
+    def record_fail_mode(self, *, decision: str) -> None:
+        self.fail_mode.append(decision)
