@@ -68,24 +68,33 @@ def get_ratelimit_actor(config: RateLimitConfig) -> Any:
 class ActorRateLimiter(RateLimiter):
     backend_name = "actor"
 
-    def __init__(self, actor: Any, timeout_s: float = ACTOR_CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self, config: RateLimitConfig, actor: Any = None, timeout_s: float = ACTOR_CALL_TIMEOUT_S
+    ) -> None:
+        self._config = config
         self._actor = actor
         self._timeout_s = timeout_s
 
-    @classmethod
-    def connect(cls, config: RateLimitConfig) -> ActorRateLimiter:
-        return cls(get_ratelimit_actor(config))
+    def _handle(self) -> Any:
+        # Resolved lazily and again after the actor died for good (e.g. killed by an operator):
+        # `get_if_exists` then creates a fresh one, so the breaker's probe can recover.
+        if self._actor is None:
+            self._actor = get_ratelimit_actor(self._config)
+        return self._actor
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:
-            ref = getattr(self._actor, method).remote(*args)
+            ref = getattr(self._handle(), method).remote(*args)
             return await asyncio.wait_for(ref, timeout=self._timeout_s)
         except RayTaskError as exc:
             # A client mistake raised in the actor (duplicate request id) keeps its OpenAI shape.
             if isinstance(exc.cause, CrossLogicError):
                 raise exc.cause from None
             raise
-        except (RayActorError, GetTimeoutError, asyncio.TimeoutError) as exc:
+        except RayActorError as exc:
+            self._actor = None
+            raise RateLimitBackendError(f"rate-limit actor: {type(exc).__name__}: {exc}") from exc
+        except (GetTimeoutError, asyncio.TimeoutError) as exc:
             raise RateLimitBackendError(f"rate-limit actor: {type(exc).__name__}: {exc}") from exc
 
     async def admit(self, request: AdmissionRequest) -> Admission:

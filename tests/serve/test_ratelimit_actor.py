@@ -1,0 +1,100 @@
+"""The in-cluster backend on a tiny local Ray: the named actor shared by several clients ("replicas"),
+client mistakes surfacing in OpenAI shape, and fail-open when the actor dies, then recovery.
+
+No Serve application and no engine: only the actor. Ray's GCS gets a random port (never Redis's 6379).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import ray  # noqa: E402
+
+from crosslogic.errors import ConflictError  # noqa: E402
+from crosslogic.ratelimit import (  # noqa: E402
+    AdmissionRequest,
+    FailoverRateLimiter,
+    Limits,
+    RateLimitConfig,
+    Subject,
+)
+from deployments.ratelimit_actor import ActorRateLimiter, get_ratelimit_actor  # noqa: E402
+
+pytestmark = pytest.mark.serve
+
+CONFIG = RateLimitConfig(window_s=30.0)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", include_dashboard=False, num_cpus=1,
+                 _node_ip_address="127.0.0.1", namespace="crosslogic-test", log_to_driver=False)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _tenant(**limits: int) -> Subject:
+    tenant_id = f"t-{uuid.uuid4().hex[:8]}"
+    return Subject(kind="tenant", id=tenant_id, tenant_id=tenant_id, limits=Limits(**limits))
+
+
+def _request(tenant: Subject, tokens: int = 10) -> AdmissionRequest:
+    return AdmissionRequest(request_id=f"r-{uuid.uuid4().hex}", tenant=tenant, reserved_tokens=tokens)
+
+
+async def test_replicas_share_one_exact_limit(local_ray: None) -> None:
+    replicas = [ActorRateLimiter(CONFIG), ActorRateLimiter(CONFIG)]
+    tenant = _tenant(rpm=37, tpm=100_000, max_concurrency=150)
+    results = await asyncio.gather(
+        *(replicas[i % 2].admit(_request(tenant)) for i in range(120)))
+    admitted = [a for a in results if a.admitted]
+    assert len(admitted) == 37 and all(a.backend == "actor" for a in admitted)
+    settled = await asyncio.gather(*(replicas[1].settle(a, 4) for a in admitted))
+    assert all(s.refunded_tokens == 6 and s.lease_released for s in settled)
+    state = await replicas[0].state(tenant)
+    assert state.requests_in_window == 37 and state.tokens_in_window == 37 * 4
+    assert state.active_leases == 0 and state.backend == "actor"
+
+
+async def test_extend_and_duplicate_through_the_actor(local_ray: None) -> None:
+    limiter = ActorRateLimiter(CONFIG)
+    tenant = _tenant(max_concurrency=1)
+    request = _request(tenant)
+    admission = await limiter.admit(request)
+    assert admission.admitted and await limiter.extend(admission, 5.0)
+    with pytest.raises(ConflictError):
+        await limiter.admit(request)
+    assert not (await limiter.admit(_request(tenant))).admitted
+    assert (await limiter.settle(admission, 0)).lease_released
+
+
+async def test_dead_actor_fails_open_then_recovers(local_ray: None) -> None:
+    config = RateLimitConfig(window_s=30.0, probe_interval_s=0.2, replicas=2)
+    limiter = FailoverRateLimiter(ActorRateLimiter(config, timeout_s=1.0), config)
+    tenant = _tenant(rpm=10)
+    assert (await limiter.admit(_request(tenant))).backend == "actor"
+
+    ray.kill(get_ratelimit_actor(config), no_restart=True)
+    local = [await limiter.admit(_request(tenant)) for _ in range(8)]
+    assert all(a.backend == "local" for a in local)
+    assert sum(a.admitted for a in local) == 5
+
+    recovered = None
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        recovered = await limiter.admit(_request(tenant))
+        if recovered.backend == "actor":
+            break
+    assert recovered is not None and recovered.backend == "actor" and recovered.admitted
