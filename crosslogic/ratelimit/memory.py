@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 from crosslogic.errors import ConflictError
 from crosslogic.ratelimit import status
@@ -144,7 +145,8 @@ class InMemoryRateLimiter(RateLimiter):
         if limits.rpm is not None and len(window.log) + 1 > limits.rpm:
             retry = None
             if limits.rpm > 0:
-                blocking = list(window.log.values())[len(window.log) - limits.rpm]
+                # The request whose expiry brings the count below the limit.
+                blocking = next(islice(window.log.values(), len(window.log) - limits.rpm, None))
                 retry = blocking.at + window_s - now
             found.append(status.rejection(subject, "rpm", limits.rpm, 1, retry))
         need = request.reserved_tokens

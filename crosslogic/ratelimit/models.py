@@ -64,7 +64,7 @@ class AdmissionRequest(BaseModel):
     tenant: Subject
     key: Subject | None = None
     # prompt tokens + max output tokens (or the model's default): reserved now, settled later.
-    reserved_tokens: int = Field(ge=0)
+    reserved_tokens: int = Field(ge=0, le=10**12)
     lease_ttl_s: float = Field(default=60.0, gt=0, le=3600)
     # Telemetry labels only; never used for decisions.
     model: str | None = None

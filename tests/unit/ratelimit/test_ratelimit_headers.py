@@ -45,8 +45,9 @@ def _status(kind: str, requests: tuple[int, int, float] | None,
     def window(v: tuple[int, int, float] | None) -> WindowStatus | None:
         return None if v is None else WindowStatus(limit=v[0], remaining=v[1], reset_s=v[2])
 
-    return SubjectStatus(kind=kind, id=f"{kind}-1", limits=Limits(), requests=window(requests),  # type: ignore[arg-type]
-                         tokens=window(tokens))
+    return SubjectStatus.model_validate({
+        "kind": kind, "id": f"{kind}-1", "limits": Limits(), "requests": window(requests),
+        "tokens": window(tokens)})
 
 
 def _admission(rejection: Rejection | None = None) -> Admission:
@@ -75,8 +76,9 @@ def test_unlimited_subjects_have_no_headers() -> None:
 
 
 def _rejection(limit: str, retry: float | None, kind: str = "key") -> Rejection:
-    return Rejection(subject_kind=kind, subject_id="key-1", limit=limit, value=100,  # type: ignore[arg-type]
-                     requested=1 if limit != "tpm" else 400, retry_after_s=retry)
+    return Rejection.model_validate({
+        "subject_kind": kind, "subject_id": "key-1", "limit": limit, "value": 100,
+        "requested": 1 if limit != "tpm" else 400, "retry_after_s": retry})
 
 
 def test_rpm_rejection_is_an_openai_429() -> None:
@@ -158,7 +160,7 @@ async def _serve(error: RateLimitError, failures: int) -> AsyncIterator[_Server]
 
 
 async def test_openai_client_waits_retry_after_then_succeeds() -> None:
-    error = rate_limit_error(_admission(_rejection("rpm", 0.4)))
+    error = rate_limit_error(_admission(_rejection("rpm", 1.3)))
     async with _serve(error, failures=1) as server:
         client = server.client(max_retries=2)
         completion = await client.chat.completions.create(
@@ -166,8 +168,8 @@ async def test_openai_client_waits_retry_after_then_succeeds() -> None:
         await client.close()
         assert completion.choices[0].message.content == "hi"
         assert len(server.calls) == 2
-        # retry-after-ms = 400: the client waited that long, not its own backoff (0.5-8 s).
-        assert 0.38 <= server.calls[1] - server.calls[0] < 0.5
+        # retry-after-ms = 1300: the client waited that long, not its own first backoff (<= 0.5 s).
+        assert 1.28 <= server.calls[1] - server.calls[0] < 2.5
 
 
 async def test_openai_client_raises_rate_limit_error() -> None:

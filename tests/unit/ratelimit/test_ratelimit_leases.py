@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 from rl_support import LimiterFactory, SubjectsFactory, admission_request, admit
 
@@ -16,9 +17,10 @@ async def test_lease_expires_by_itself(
     limiter = await make_limiter()
     tenant, (key,) = new_subjects(key=Limits(max_concurrency=1))
     # Held by a "replica" that dies: never settled.
-    assert (await admit(limiter, tenant, key, ttl=0.3)).admitted
+    assert (await admit(limiter, tenant, key, ttl=1.0)).admitted
+    leased_at = time.monotonic()
     assert not (await admit(limiter, tenant, key)).admitted
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(max(0.0, leased_at + 1.05 - time.monotonic()))
     assert (await limiter.state(key)).active_leases == 0
     assert (await admit(limiter, tenant, key)).admitted
 
@@ -28,10 +30,11 @@ async def test_extend_keeps_a_long_stream_leased(
 ) -> None:
     limiter = await make_limiter()
     tenant, (key,) = new_subjects(tenant=Limits(max_concurrency=1))
-    stream = await admit(limiter, tenant, key, ttl=0.3)
-    for _ in range(3):
-        await asyncio.sleep(0.2)
+    stream = await admit(limiter, tenant, key, ttl=1.0)
+    for _ in range(4):
+        await asyncio.sleep(0.4)
         assert await limiter.extend(stream)
+    # 1.6 s after admission, past the original TTL: still held thanks to the extensions.
     assert not (await admit(limiter, tenant, key)).admitted
     assert await limiter.extend(stream, 0.1)
     await asyncio.sleep(0.15)

@@ -53,13 +53,13 @@ async def test_tokens_beyond_the_reservation_are_counted(
 async def test_tokens_leave_the_window(
     make_limiter: LimiterFactory, new_subjects: SubjectsFactory
 ) -> None:
-    limiter = await make_limiter(window_s=0.4)
+    limiter = await make_limiter(window_s=1.0)
     tenant, _ = new_subjects(tenant=Limits(tpm=100))
     first = await admit(limiter, tenant, tokens=100)
     refused = await admit(limiter, tenant, tokens=1)
     assert first.admitted and not refused.admitted
     assert refused.rejection is not None and refused.rejection.retry_after_s is not None
-    assert 0.2 < refused.rejection.retry_after_s <= 0.4
+    assert 0 < refused.rejection.retry_after_s <= 1.0
     await asyncio.sleep(refused.rejection.retry_after_s + 0.05)
     assert (await admit(limiter, tenant, tokens=100)).admitted
     # Settling a request that already left the window does not touch the new one's tokens.
