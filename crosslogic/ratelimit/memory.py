@@ -204,6 +204,8 @@ class InMemoryRateLimiter(RateLimiter):
             window.purge_leases(now)
             if admission.request_id in window.leases:
                 window.leases[admission.request_id] = expiry
+                # A shorter TTL may move the earliest expiry forward.
+                window.next_expiry = min(window.next_expiry, expiry)
                 held = True
         return held
 
