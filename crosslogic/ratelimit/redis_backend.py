@@ -37,6 +37,8 @@ _SAFE_TAG = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,100}$")
 # Errors that mean "Redis is not there right now"; anything else (a script error) is a bug and raises.
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _US = 1_000_000
+# Redis runs scripts one at a time, so more connections than this add sockets, not throughput.
+MAX_CONNECTIONS = 64
 
 
 def hash_tag(tenant_id: str) -> str:
@@ -68,17 +70,23 @@ class RedisRateLimiter(RateLimiter):
 
     @classmethod
     def from_url(cls, url: str, config: RateLimitConfig | None = None) -> RedisRateLimiter:
-        """A client with tight timeouts and no retries: a slow Redis must fail fast, not queue."""
+        """A client with tight timeouts and no retries: a slow Redis must fail fast, not queue.
+
+        The pool is bounded and blocking: a burst of admissions waits (within the timeout) for one
+        of a few warm connections instead of opening hundreds of sockets at once, which on a busy
+        machine is what makes connects time out.
+        """
         config = config or RateLimitConfig()
-        client = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=config.redis_timeout_s,
             socket_timeout=config.redis_timeout_s,
             socket_connect_timeout=config.redis_timeout_s,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
-            max_connections=256,
         )
-        return cls(client, config)
+        return cls(aioredis.Redis.from_pool(pool), config)
 
     async def load_scripts(self) -> None:
         """Register the scripts up front (at start-up) so the first admissions pay no SCRIPT LOAD."""
