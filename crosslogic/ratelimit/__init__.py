@@ -36,7 +36,8 @@ retry time (`x-should-retry: false`).
 Backends: `RedisRateLimiter` (shared by all replicas and clusters; one Lua script per call) and
 `InMemoryRateLimiter` (one process: the in-cluster Ray actor, single cluster only, and the fail-open
 fallback). `FailoverRateLimiter` chooses fail-open (default) or fail-closed while the shared backend is
-unreachable; `MeteredRateLimiter` reports telemetry. `build_rate_limiter` wires the usual stack.
+unreachable; `MeteredRateLimiter` reports telemetry. `build_rate_limiter` wires the usual stack, and
+`LeaseScope` is the try/finally (renew while running, settle on every path) around a request.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from crosslogic.ratelimit.failover import FailoverRateLimiter
 from crosslogic.ratelimit.headers import format_duration, rate_limit_error, rate_limit_headers
 from crosslogic.ratelimit.memory import InMemoryRateLimiter
 from crosslogic.ratelimit.metrics import MeteredRateLimiter, NoopRateLimitMetrics, RateLimitMetrics
+from crosslogic.ratelimit.scope import LeaseScope
 from crosslogic.ratelimit.models import (
     Admission,
     AdmissionRequest,
@@ -92,6 +94,7 @@ __all__ = [
     "FailMode",
     "FailoverRateLimiter",
     "InMemoryRateLimiter",
+    "LeaseScope",
     "Limits",
     "MeteredRateLimiter",
     "NoopRateLimitMetrics",
