@@ -21,7 +21,7 @@ from billing import outbox
 from billing.config import BillingConfig
 from billing.outbox import OutboxRow
 from billing.stripe_sender import MeterEvent, Outcome, SendResult, StripeMeterSender
-from crosslogic.metering.metrics import Metrics, alert
+from crosslogic.metering.metrics import AlertThrottle, Metrics, alert
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class MeterExporter:
         self._sender = sender
         self.owner = owner or default_owner()
         self.metrics = metrics or Metrics("crosslogic_billing")
+        self._alerts = AlertThrottle()
 
     async def run_forever(self) -> None:
         while True:
@@ -124,8 +125,9 @@ class MeterExporter:
     async def _send_row(self, row: OutboxRow) -> SendResult:
         if row.customer_id is None:
             self.metrics.inc("missing_customer_total")
-            alert(
+            self._alerts.fire(
                 "billing_missing_customer",
+                str(row.tenant_id),
                 "tenant %s has usage to bill but no stripe_customer_id; event %s held",
                 row.tenant_id, row.identifier,
             )
@@ -146,7 +148,7 @@ class MeterExporter:
         )
         result = await self._sender.send(event)
         if result.outcome is Outcome.AUTH:
-            alert("billing_stripe_auth", "Stripe refused our API key: %s", result.detail)
+            self._alerts.fire("billing_stripe_auth", "", "Stripe refused our API key: %s", result.detail)
         return result
 
     def _retry_delay(self, row: OutboxRow, result: SendResult) -> float:
@@ -161,8 +163,9 @@ class MeterExporter:
         report.oldest_unexported_s = age
         self.metrics.set("oldest_unexported_usage_seconds", age)
         if age > self._config.alert_unexported_age_s:
-            alert(
+            self._alerts.fire(
                 "billing_export_lagging",
+                "",
                 "oldest unexported usage is %.0fs old (threshold %.0fs)",
                 age, self._config.alert_unexported_age_s,
             )

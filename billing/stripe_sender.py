@@ -7,7 +7,9 @@ the outbox rows in PostgreSQL, so it survives restarts and is shared by every ex
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import stripe
 
@@ -65,11 +67,28 @@ def classify(exc: stripe.StripeError) -> SendResult:
     return SendResult(Outcome.POISON, detail, status)
 
 
+class _HTTPXContentClient(stripe.HTTPXClient):
+    """The SDK's httpx client, passing the encoded form as `content=`.
+
+    The SDK hands httpx an already-encoded body through `data=`, which current httpx deprecates
+    (a DeprecationWarning per request; an error under our test settings).
+    """
+
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> list[Any]:
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        data = kwargs.pop("data", None)
+        if data:
+            kwargs["content"] = data
+        return [args, kwargs]
+
+
 class StripeMeterSender:
     def __init__(self, config: BillingConfig) -> None:
         if config.stripe_api_key is None:
             raise ValueError("StripeMeterSender needs stripe_api_key")
-        self._http = stripe.HTTPXClient(timeout=config.request_timeout_s)
+        self._http = _HTTPXContentClient(timeout=config.request_timeout_s)
         base = {"api": config.stripe_api_base} if config.stripe_api_base else None
         self._client = stripe.StripeClient(
             config.stripe_api_key.get_secret_value(),

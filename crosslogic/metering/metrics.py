@@ -8,6 +8,7 @@ no module-level state.
 from __future__ import annotations
 
 import logging
+import time
 
 ALERT_LOGGER = "crosslogic.alerts"
 
@@ -37,3 +38,21 @@ def alert(name: str, message: str, *args: object) -> None:
     Alerting rules match on the logger and the `alert` field; the paired metric is what dashboards use.
     """
     logging.getLogger(ALERT_LOGGER).error("ALERT %s: " + message, name, *args, extra={"alert": name})
+
+
+class AlertThrottle:
+    """Emit a given alert (by name and key) at most once per `interval_s`: a loop that finds the same
+    problem every few seconds should page once, not flood the log. The metric still counts each one."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def fire(self, name: str, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        slot = f"{name}:{key}"
+        last = self._last.get(slot)
+        if last is not None and now - last < self._interval_s:
+            return
+        self._last[slot] = now
+        alert(name, message, *args)
