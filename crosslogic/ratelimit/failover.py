@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from crosslogic.errors import ServiceUnavailableError
@@ -52,13 +52,25 @@ class FailoverRateLimiter(RateLimiter):
     def degraded(self) -> bool:
         return self._down_until is not None
 
-    def _may_try_primary(self) -> bool:
-        if self._down_until is None:
-            return True
-        if self._probing or time.monotonic() < self._down_until:
-            return False
-        self._probing = True
-        return True
+    async def _on_primary(
+        self, operation: str, call: Callable[[], Awaitable[T]]
+    ) -> tuple[bool, T | None]:
+        """(True, result) from the primary, or (False, None) when it is down or just failed."""
+        probe = False
+        if self._down_until is not None:
+            if self._probing or time.monotonic() < self._down_until:
+                return False, None
+            self._probing = probe = True
+        try:
+            result = await call()
+        except RateLimitBackendError as exc:
+            self._primary_failed(operation, exc)
+            return False, None
+        finally:
+            if probe:
+                self._probing = False
+        self._primary_ok()
+        return True, result
 
     def _primary_ok(self) -> None:
         if self._down_until is not None:
@@ -101,16 +113,9 @@ class FailoverRateLimiter(RateLimiter):
             self._keep(asyncio.ensure_future(self._settle(admission, 0)))
 
     async def _admit(self, request: AdmissionRequest) -> Admission:
-        if self._may_try_primary():
-            try:
-                admission = await self.primary.admit(request)
-            except RateLimitBackendError as exc:
-                self._primary_failed("admit", exc)
-            else:
-                self._primary_ok()
-                return admission
-            finally:
-                self._probing = False
+        ok, admission = await self._on_primary("admit", lambda: self.primary.admit(request))
+        if ok and admission is not None:
+            return admission
         self.metrics.record_fail_mode(decision=self.config.fail_mode)
         if self.config.fail_mode == "closed":
             raise ServiceUnavailableError(
@@ -135,32 +140,17 @@ class FailoverRateLimiter(RateLimiter):
             return self.local.settle_now(admission, actual_tokens)
         # While the breaker is open the lease is left to expire: settle runs in a `finally` after the
         # response and must not wait on a dead backend.
-        if not self._may_try_primary():
-            return Settlement(request_id=admission.request_id, ok=False)
-        try:
-            settlement = await self.primary.settle(admission, actual_tokens)
-        except RateLimitBackendError as exc:
-            self._primary_failed("settle", exc)
-            return Settlement(request_id=admission.request_id, ok=False)
-        finally:
-            self._probing = False
-        self._primary_ok()
-        return settlement
+        ok, settlement = await self._on_primary(
+            "settle", lambda: self.primary.settle(admission, actual_tokens))
+        if ok and settlement is not None:
+            return settlement
+        return Settlement(request_id=admission.request_id, ok=False)
 
     async def extend(self, admission: Admission, lease_ttl_s: float | None = None) -> bool:
         if admission.backend == "local":
             return self.local.extend_now(admission, lease_ttl_s)
-        if not self._may_try_primary():
-            return False
-        try:
-            held = await self.primary.extend(admission, lease_ttl_s)
-        except RateLimitBackendError as exc:
-            self._primary_failed("extend", exc)
-            return False
-        finally:
-            self._probing = False
-        self._primary_ok()
-        return held
+        ok, held = await self._on_primary("extend", lambda: self.primary.extend(admission, lease_ttl_s))
+        return bool(ok and held)
 
     async def state(self, subject: Subject) -> SubjectState:
         try:

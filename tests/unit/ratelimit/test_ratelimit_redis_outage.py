@@ -166,11 +166,18 @@ async def test_fail_closed_refuses_with_503_and_recovers(redis_process: RedisPro
 
 async def test_frozen_redis_times_out_instead_of_hanging(redis_process: RedisProcess) -> None:
     """A Redis that accepts but never answers (SIGSTOP) costs at most one timeout per probe."""
-    async with _running(redis_process, "open", rpm=100) as (limiter, _, tenant):
+    async with _running(redis_process, "open", rpm=100) as (limiter, metrics, tenant):
         redis_process.signal(signal.SIGSTOP)
         started = time.monotonic()
         results = await asyncio.gather(*(_timed_admit(limiter, tenant) for _ in range(20)))
         assert time.monotonic() - started < 1.0
         assert all(getattr(r, "backend", None) == "local" for r, _ in results)
+        # After the probe interval exactly one request probes the frozen Redis; the rest stay local.
+        errors = len(metrics.backend_errors)
+        await asyncio.sleep(0.35)
+        results = await asyncio.gather(*(_timed_admit(limiter, tenant) for _ in range(10)))
+        assert all(getattr(r, "backend", None) == "local" for r, _ in results)
+        assert len(metrics.backend_errors) == errors + 1
+        assert sorted(elapsed for _, elapsed in results)[-2] < 0.1
         redis_process.signal(signal.SIGCONT)
         await _wait_for_recovery(limiter, tenant)
