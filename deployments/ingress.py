@@ -1,31 +1,55 @@
-"""The ingress deployment: the FastAPI app of `crosslogic.api`, wired to Serve handles."""
+"""The ingress deployment: the FastAPI app of `crosslogic.api`, wired to Serve handles,
+PostgreSQL (API keys, admin plane) and the admin JWT verifier."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from crosslogic.admin.router import build_admin_router
+from crosslogic.admin.startup import build_admin_deps
 from crosslogic.api.app import build_api
 from crosslogic.api.context import ApiContext
+from crosslogic.auth.key_authenticator import KeyAuthenticator
 from crosslogic.config import AppConfig
+from crosslogic.settings import Settings
+from crosslogic.storage.pool import open_database
 from deployments.gateway import ServeGateway
 
 
 @serve.ingress()
 class IngressServer:
-    def __init__(self, app_config: dict[str, Any], engines: dict[str, DeploymentHandle]) -> None:
+    async def __init__(self, app_config: dict[str, Any], engines: dict[str, DeploymentHandle]) -> None:
         self._config = AppConfig.model_validate(app_config)
+        self._settings = Settings.from_env()
+        # Fails fast with one line (ConfigError) when PostgreSQL is unreachable or a migration fails;
+        # replicas starting together apply migrations once (advisory lock).
+        self._pool = await open_database(self._settings)
+        self._authenticator = KeyAuthenticator(self._pool)
+        await self._authenticator.start()
+        local_stack = os.environ.get("CROSSLOGIC_LOCAL_STACK") == "1"
+        self._admin = build_admin_deps(self._settings, self._pool, local_stack=local_stack)
         self._gateway = ServeGateway(self._config, engines)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         await self._gateway.start()
         context = ApiContext(
             gateway=self._gateway,
+            authenticator=self._authenticator,
             max_body_bytes=self._config.ingress.max_body_bytes,
             retries_before_first_token=self._config.ingress.retries_before_first_token,
         )
         # Serve's proxy already sets and echoes x-request-id.
-        return build_api(context, echo_request_id=False)
+        app = build_api(context, echo_request_id=False)
+        app.include_router(build_admin_router(self._admin))
+        return app
+
+    async def __del__(self) -> None:
+        await self._gateway.close()
+        await self._authenticator.close()
+        await self._admin.verifier.aclose()
+        await self._pool.close()

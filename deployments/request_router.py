@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 import uuid
 from typing import Any
 
@@ -48,6 +49,10 @@ class QueueDepthRouter(FIFOMixin, RequestRouter):
         self._rng = random.Random()
         self._ingress_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._sync_task: asyncio.Task[None] | None = None
+        # Requests count against a replica from the moment we pick it, not from when Serve sends
+        # them: a burst routed in one tick would otherwise all see the same counts and pile onto
+        # one replica. internal request id -> (replica id, when), corrected in on_request_routed.
+        self._reserved: dict[str, tuple[str, float]] = {}
 
     def _ensure_sync(self) -> None:
         if self._sync_task is None or self._sync_task.done():
@@ -61,6 +66,7 @@ class QueueDepthRouter(FIFOMixin, RequestRouter):
             try:
                 if router is None:
                     router = get_router(self._stale_after_s)
+                self._drop_stale_reservations()
                 raw = await router.sync_ingress.remote(self._ingress_id, dict(self._local))
                 self._view = RouterView.model_validate(raw).replicas
             except asyncio.CancelledError:
@@ -85,25 +91,46 @@ class QueueDepthRouter(FIFOMixin, RequestRouter):
         if not allowed:  # every replica was excluded: any is better than none
             allowed = list(by_id)
         ranked = self._policy(allowed, self._view, self._local, self._rng)
+        if pending_request is not None:
+            self._reserve(pending_request.metadata.internal_request_id, ranked[0])
         ranks = [[by_id[ranked[0]]]]
         if len(ranked) > 1:
             ranks.append([by_id[rid] for rid in ranked[1:]])
         return ranks
 
+    def _add(self, rid: str, delta: int) -> None:
+        count = self._local.get(rid, 0) + delta
+        if count > 0:
+            self._local[rid] = count
+        else:
+            self._local.pop(rid, None)
+
+    def _reserve(self, request_key: str, rid: str) -> None:
+        previous = self._reserved.get(request_key)
+        if previous is not None:
+            self._add(previous[0], -1)
+        self._add(rid, 1)
+        self._reserved[request_key] = (rid, time.monotonic())
+
+    def _drop_stale_reservations(self) -> None:
+        # A request cancelled before Serve sent it never reaches on_request_routed.
+        cutoff = time.monotonic() - 30.0
+        for key in [k for k, (_, at) in self._reserved.items() if at < cutoff]:
+            self._add(self._reserved.pop(key)[0], -1)
+
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         rid = replica_id.unique_id
-        self._local[rid] = self._local.get(rid, 0) + 1
+        reserved = self._reserved.pop(pending_request.metadata.internal_request_id, None)
+        if reserved is None or reserved[0] != rid:
+            if reserved is not None:
+                self._add(reserved[0], -1)
+            self._add(rid, 1)
         hints = _hints(pending_request)
         if hints is not None:
             hints.chosen = rid
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        rid = replica_id.unique_id
-        count = self._local.get(rid, 0) - 1
-        if count > 0:
-            self._local[rid] = count
-        else:
-            self._local.pop(rid, None)
+        self._add(replica_id.unique_id, -1)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

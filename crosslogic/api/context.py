@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
 from crosslogic.api.gateway import Gateway
+from crosslogic.auth.context import AuthContext
 from crosslogic.engine.base import ModelCard
 from crosslogic.errors import InvalidRequestError, ModelNotFoundError
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, authorization: str | None, model: str | None) -> AuthContext: ...
 
 
 @dataclass
 class ApiContext:
     gateway: Gateway
+    authenticator: Authenticator
     max_body_bytes: int
     retries_before_first_token: int
+
+    async def authenticate(self, request: Request, model: str | None) -> AuthContext:
+        return await self.authenticator.authenticate(request.headers.get("authorization"), model)
 
     def model_card(self, name: str, task: str) -> ModelCard:
         for card in self.gateway.models():

@@ -124,6 +124,9 @@ async def relay(
         await finish()
         return _error_json(first[1])
     outcome.first_token_at = time.monotonic()
+    if outcome.replica:
+        # Which engine replica answered: for operators tracing a request, and for routing tests.
+        headers = {**(headers or {}), "x-crosslogic-replica": outcome.replica}
     if not stream:
         try:
             return await _collect(first, events, outcome, headers)

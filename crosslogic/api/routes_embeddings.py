@@ -15,8 +15,11 @@ router = APIRouter()
 
 @router.post("/v1/embeddings", summary="Create embeddings", response_model=None)
 async def embeddings(request: Request, ctx: Context, request_id: RequestId) -> JSONResponse | StreamingResponse:
+    # The key first, as OpenAI does: a caller without a valid key learns nothing about the body.
+    await ctx.authenticate(request, None)
     data = await read_json(request, ctx.max_body_bytes)
     parsed = parse(EmbeddingRequest, data)
+    await ctx.authenticate(request, parsed.model)
     ctx.model_card(parsed.model, "embed")
     return await relay(
         ctx.gateway, parsed.model, "embeddings", data, request_id,

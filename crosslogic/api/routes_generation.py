@@ -15,8 +15,11 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", summary="Create a chat completion", response_model=None)
 async def chat_completions(request: Request, ctx: Context, request_id: RequestId) -> JSONResponse | StreamingResponse:
+    # The key first, as OpenAI does: a caller without a valid key learns nothing about the body.
+    await ctx.authenticate(request, None)
     data = await read_json(request, ctx.max_body_bytes)
     parsed = parse(ChatCompletionRequest, data)
+    await ctx.authenticate(request, parsed.model)
     ctx.model_card(parsed.model, "generate")
     return await relay(
         ctx.gateway, parsed.model, "chat", data, request_id,
@@ -26,8 +29,11 @@ async def chat_completions(request: Request, ctx: Context, request_id: RequestId
 
 @router.post("/v1/completions", summary="Create a completion", response_model=None)
 async def completions(request: Request, ctx: Context, request_id: RequestId) -> JSONResponse | StreamingResponse:
+    # The key first, as OpenAI does: a caller without a valid key learns nothing about the body.
+    await ctx.authenticate(request, None)
     data = await read_json(request, ctx.max_body_bytes)
     parsed = parse(CompletionRequest, data)
+    await ctx.authenticate(request, parsed.model)
     ctx.model_card(parsed.model, "generate")
     return await relay(
         ctx.gateway, parsed.model, "completions", data, request_id,

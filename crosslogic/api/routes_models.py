@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from crosslogic.api.context import Context
 from crosslogic.protocol.openai import ModelList, ModelObject
@@ -14,17 +14,20 @@ _STARTED = int(time.time())
 
 
 @router.get("/v1/models", response_model=ModelList, summary="List served models")
-async def list_models(ctx: Context) -> ModelList:
+async def list_models(request: Request, ctx: Context) -> ModelList:
+    auth = await ctx.authenticate(request, None)
     return ModelList(
         data=[
             ModelObject(id=card.served_name, created=_STARTED, max_model_len=card.max_model_len)
             for card in ctx.gateway.models()
+            if auth.allows_model(card.served_name)
         ]
     )
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelObject, summary="Retrieve a served model")
-async def get_model(model_id: str, ctx: Context) -> ModelObject:
+async def get_model(model_id: str, request: Request, ctx: Context) -> ModelObject:
+    await ctx.authenticate(request, model_id)
     for card in ctx.gateway.models():
         if card.served_name == model_id:
             return ModelObject(id=card.served_name, created=_STARTED, max_model_len=card.max_model_len)

@@ -20,6 +20,7 @@ GROUP_MODULES: tuple[str, ...] = (
     "crosslogic.cli.models",
     "crosslogic.cli.migrate",
     "crosslogic.cli.admin",
+    "crosslogic.cli.local",
 )
 
 

@@ -261,6 +261,8 @@ class VLLMEngine(Engine):
 
     def _from_exception(self, serving: Any, exc: Exception) -> EngineEvent:
         err = serving.create_error_response(exc)
+        if int(err.error.code) >= 500:
+            logger.error("engine failure on %s: %r", self._config.served_name, exc, exc_info=exc)
         return translate_vllm_error(int(err.error.code), err.error.message, err.error.param)
 
     async def _embed(self, body: dict[str, Any], request_id: str) -> EngineEvent:
@@ -274,7 +276,7 @@ class VLLMEngine(Engine):
             return self._validation_error(exc)
         try:
             response = await serving(request, None)
-        except (ValueError, TypeError, OverflowError) as exc:
+        except Exception as exc:  # vLLM's own mapping decides client (4xx) vs engine (5xx) failure
             return self._from_exception(serving, exc)
         if hasattr(response, "error"):
             return translate_vllm_error(int(response.error.code), response.error.message, response.error.param)
@@ -305,10 +307,9 @@ class VLLMEngine(Engine):
         create = serving.create_chat_completion if endpoint == "chat" else serving.create_completion
         try:
             result = await create(request, raw_request=None)
-        except (ValueError, TypeError, OverflowError) as exc:
+        except Exception as exc:  # vLLM's own mapping decides client (4xx) vs engine (5xx) failure
             yield self._from_exception(serving, exc)
             return
-        from vllm.exceptions import VLLMClientError
 
         if hasattr(result, "error") and not hasattr(result, "choices"):
             yield translate_vllm_error(int(result.error.code), result.error.message, result.error.param)
@@ -326,7 +327,7 @@ class VLLMEngine(Engine):
                     yield (CHUNK, text)
                 if usage is not None:
                     yield (USAGE, usage)
-        except VLLMClientError as exc:
+        except Exception as exc:
             yield self._from_exception(serving, exc)
 
 

@@ -1,0 +1,144 @@
+"""`crosslogic local up`: the whole stack on this machine, in the foreground until Ctrl-C.
+
+Embedded PostgreSQL (unless DATABASE_URL is set), the development models, a local Ray head (GCS on
+6390, not Redis's 6379), `serve deploy serve_config.yaml`, a local tenant and API key. Ctrl-C stops
+everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from crosslogic.errors import ConfigError
+from crosslogic.settings import Settings
+
+
+def register(subparsers: Any) -> None:
+    local = subparsers.add_parser("local", help="run the whole stack on this machine")
+    sub = local.add_subparsers(dest="local_command", metavar="COMMAND")
+    up = sub.add_parser("up", help="start everything and stay in the foreground until Ctrl-C")
+    up.add_argument("--config", default="serve_config.yaml", help="Serve config to deploy")
+    up.add_argument("--ray-port", type=int, default=6390, help="Ray GCS port (never 6379: Redis)")
+    up.add_argument("--dashboard-port", type=int, default=8265)
+    up.add_argument("--num-cpus", type=int, default=4, help="logical CPUs Ray schedules with")
+    up.add_argument("--timeout", type=float, default=900, help="seconds to wait for the stack")
+    up.add_argument("--no-wait", action="store_true", help="return once ready instead of staying up")
+    up.set_defaults(handler=_up)
+
+
+def _say(message: str) -> None:
+    print(f"[crosslogic] {message}", flush=True)
+
+
+def _prepare_models(config_path: Path, settings: Settings) -> None:
+    import yaml
+
+    from crosslogic.devmodels.catalog import dev_model_alias
+    from crosslogic.devmodels.prepare import prepare_dev_model
+
+    config = yaml.safe_load(config_path.read_text())
+    for app in config.get("applications", []):
+        for model in app.get("args", {}).get("models", []):
+            alias = dev_model_alias(str(model.get("source", "")))
+            if alias:
+                prepare_dev_model(alias, settings, progress=lambda m: _say(f"model {m}"))
+
+
+async def _database(settings: Settings) -> tuple[str, str]:
+    """(dsn, dev api key) — migrations applied, local tenant and key ensured."""
+    from crosslogic.localstack.dev_tenant import ensure_dev_key
+    from crosslogic.storage.pool import open_database, resolve_database_url
+
+    dsn = await resolve_database_url(settings)
+    pool = await open_database(settings.model_copy(update={"database_url": dsn}))
+    try:
+        secret, created = await ensure_dev_key(pool, settings.home)
+    finally:
+        await pool.close()
+    _say(f"local API key {'created' if created else 'reused'} ({settings.home / 'dev-api-key'})")
+    return dsn, secret
+
+
+def _up(args: argparse.Namespace) -> int:
+    from crosslogic.admin.local_secret import load_or_create_local_secret
+    from crosslogic.localstack.ray_cluster import LocalRayCluster, wait_ready
+    from crosslogic.storage.embedded import stop_embedded
+
+    settings = Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    config_path = Path(args.config).resolve()
+    if not config_path.exists():
+        raise ConfigError(f"{config_path} not found")
+    started = time.monotonic()
+    embedded = settings.database_url is None
+    cluster = LocalRayCluster(gcs_port=args.ray_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        _say(f"home: {settings.home}")
+        _prepare_models(config_path, settings)
+        _say("database: " + ("embedded PostgreSQL in " + str(settings.pgdata_dir) if embedded else "DATABASE_URL"))
+        dsn, api_key = asyncio.run(_database(settings))
+        # Every Ray process inherits these: replicas find the database and the admin secret.
+        os.environ["DATABASE_URL"] = dsn
+        os.environ.setdefault("CROSSLOGIC_ADMIN_JWT_SECRET", load_or_create_local_secret(settings.home))
+        os.environ["CROSSLOGIC_LOCAL_STACK"] = "1"
+        os.environ["CROSSLOGIC_HOME"] = str(settings.home)
+        _say(f"starting Ray head on 127.0.0.1:{args.ray_port}")
+        cluster.start()
+        _say(f"deploying {config_path.name}")
+        cluster.deploy(config_path)
+        base = "http://127.0.0.1:8000"
+        wait_ready(base, timeout_s=args.timeout, progress=lambda m: _say(f"waiting {m}"))
+        _print_banner(base, cluster.dashboard_url, api_key, time.monotonic() - started)
+        if args.no_wait:
+            return 0
+        while not stop_event.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    except ConfigError as exc:
+        print(f"crosslogic: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not getattr(args, "no_wait", False) or sys.exc_info()[0] is not None:
+            _say("stopping Ray and the engines")
+            cluster.stop()
+            if embedded:
+                _say("stopping embedded PostgreSQL")
+                stop_embedded(settings.pgdata_dir)
+    return 0
+
+
+def _print_banner(base: str, dashboard: str, api_key: str, seconds: float) -> None:
+    print(
+        f"""
+CrossLogic is up ({seconds:.0f}s).
+
+  OpenAI base URL : {base}/v1
+  API key         : {api_key}   (also in $CROSSLOGIC_HOME/dev-api-key)
+  Ray dashboard   : {dashboard}
+  Health / ready  : {base}/health  {base}/ready
+  Admin token     : crosslogic admin token
+
+Try it:
+
+  curl {base}/v1/chat/completions \\
+    -H "Authorization: Bearer $(cat ~/.crosslogic/dev-api-key)" -H "Content-Type: application/json" \\
+    -d '{{"model": "smollm2-135m", "messages": [{{"role": "user", "content": "Say hello"}}]}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{api_key}'); \\
+print(c.chat.completions.create(model='smollm2-135m', messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
+
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )

@@ -1,0 +1,173 @@
+"""A local Ray head driven through Ray's own CLI (`ray start`, `serve deploy`, `ray stop`).
+
+Used by `crosslogic local up` and by the end-to-end tests. Everything stays on loopback: Ray binds
+the machine's routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set for every Ray
+process and the node address is 127.0.0.1. Port 6379 (Ray's default GCS port) is left to Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crosslogic.errors import ConfigError
+
+Progress = Callable[[str], None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_CLUSTER_TAG = "CROSSLOGIC_LOCAL_CLUSTER_ID"
+
+
+def ray_env(cluster_id: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    if cluster_id:
+        # Inherited by raylet -> workers -> vLLM's engine-core processes, so `stop` can find them all.
+        env[_CLUSTER_TAG] = cluster_id
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # A stray ~/.ray/auth_token silently turns Ray's token auth on for `ray start` while the CLI
+    # calls that follow then fail; the local cluster is loopback-only, so say "off" explicitly.
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _bin(name: str) -> str:
+    # The Ray CLI of the interpreter running us (the project's venv), not whatever is on PATH.
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise ConfigError(f"`{name}` not found: install the project with `make install`")
+    return found
+
+
+@dataclass
+class LocalRayCluster:
+    gcs_port: int = 6390
+    dashboard_port: int = 8265
+    num_cpus: int = 4
+    temp_dir: str | None = None
+    cluster_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> None:
+        if self.gcs_port == 6379:
+            raise ConfigError("Ray's GCS must not use port 6379 (Redis's port); pick another")
+        cmd = [
+            _bin("ray"), "start", "--head",
+            f"--port={self.gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--num-cpus={self.num_cpus}",
+            "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}",
+        ]
+        if self.temp_dir:
+            cmd.append(f"--temp-dir={self.temp_dir}")
+        result = subprocess.run(cmd, env=ray_env(self.cluster_id), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ConfigError(f"ray start failed: {result.stderr.strip().splitlines()[-1:] or result.stdout}")
+
+    def deploy(self, config_path: Path, attempts: int = 5) -> None:
+        # The dashboard's HTTP server may still be starting right after `ray start` returns.
+        output = ""
+        for attempt in range(attempts):
+            result = subprocess.run(
+                [_bin("serve"), "deploy", str(config_path), "-a", self.dashboard_url],
+                env=ray_env(), capture_output=True, text=True,
+            )
+            if result.returncode == 0:
+                return
+            output = (result.stderr + result.stdout).strip()
+            time.sleep(2 * (attempt + 1))
+        lines = [line for line in output.splitlines() if line.strip() and set(line.strip()) != {"^"}]
+        raise ConfigError(f"serve deploy failed: {' | '.join(lines[-3:])}")
+
+    def status(self) -> str:
+        result = subprocess.run(
+            [_bin("serve"), "status", "-a", self.dashboard_url], env=ray_env(), capture_output=True, text=True
+        )
+        return result.stdout
+
+    def stop(self) -> None:
+        """Shut down gracefully (engines stop their vLLM processes), then make sure nothing is left.
+
+        vLLM's engine-core processes are children of the replica actors and outlive a killed actor:
+        without the sweep, every forced stop would leak a few GB of RAM per engine.
+        """
+        env = ray_env()
+        subprocess.run(
+            [_bin("serve"), "shutdown", "-y", "-a", self.dashboard_url],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+        subprocess.run([_bin("ray"), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        subprocess.run([_bin("ray"), "stop", "--force"], env=env, capture_output=True, text=True, timeout=60)
+        kill_tagged_processes(self.cluster_id)
+
+
+def kill_tagged_processes(cluster_id: str) -> int:
+    import psutil
+
+    killed = 0
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == os.getpid():
+                continue
+            environ = proc.environ()
+            if environ.get(_CLUSTER_TAG) == cluster_id:
+                proc.kill()
+                killed += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return killed
+
+
+def wait_ready(base_url: str, timeout_s: float, progress: Progress | None = None) -> dict[str, object]:
+    """Poll GET /ready until it answers 200; report each dependency's state as it changes."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/ready", timeout=5) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            try:
+                deps = json.loads(exc.read() or b"{}").get("dependencies", {})
+                summary = ", ".join(
+                    f"{k}: {'ok' if v.get('ok') else v.get('detail', 'waiting')}" for k, v in deps.items()
+                )
+            except ValueError:  # the proxy is up but the application is still deploying
+                summary = "deploying the application"
+        except (urllib.error.URLError, OSError, ValueError):
+            summary = "waiting for the HTTP proxy"
+        if progress and summary != last:
+            progress(f"[{time.monotonic() - started:5.0f}s] {summary}")
+            last = summary
+        time.sleep(1.0)
+    raise TimeoutError(f"{base_url}/ready not ready after {timeout_s:.0f}s ({last})")

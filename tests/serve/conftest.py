@@ -1,0 +1,149 @@
+"""One local Ray cluster per test session with the real stack deployed from serve_config.yaml.
+
+The test variant of the config changes only what a test needs: a free HTTP port and two replicas of
+the chat model (so routing can be observed). Everything else — builder, engines, router — is the
+production path. Every test here is marked `serve`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from crosslogic.localstack.ray_cluster import LocalRayCluster, free_port, wait_ready  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+CHAT_MODEL = "smollm2-135m"
+EMBED_MODEL = "all-minilm-l6-v2"
+
+
+@dataclass
+class ServeStack:
+    base_url: str
+    cluster: LocalRayCluster
+    config: dict[str, Any]
+    admin_secret: str
+    api_key: str = ""
+    tenant_id: str = ""
+
+    def admin_headers(self) -> dict[str, str]:
+        from crosslogic.admin.local_secret import mint_admin_token
+
+        return {"authorization": f"Bearer {mint_admin_token(self.admin_secret, subject='serve-tests')}"}
+
+    def admin(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        return httpx.request(method, f"{self.base_url}/admin/v1{path}", json=json, headers=self.admin_headers(), timeout=30)
+
+    def create_tenant_and_key(self, name: str, **key_fields: Any) -> tuple[str, str, str]:
+        """(tenant id, key id, secret) created through the admin API of the running ingress."""
+        tenant = self.admin("POST", "/tenants", {"name": name})
+        assert tenant.status_code == 201, tenant.text
+        tenant_id = tenant.json()["id"]
+        created = self.admin("POST", f"/tenants/{tenant_id}/keys", {"name": f"{name}-key", **key_fields})
+        assert created.status_code == 201, created.text
+        return tenant_id, created.json()["key"]["id"], created.json()["secret"]
+
+    @property
+    def openai_base(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    def ready(self) -> dict[str, Any]:
+        return httpx.get(f"{self.base_url}/ready", timeout=10).json()
+
+    def engine_replicas(self, model: str = CHAT_MODEL) -> dict[str, dict[str, Any]]:
+        deps = self.ready()["dependencies"]
+        return deps[f"engine:{model}"]["data"].get("replicas", {})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/serve/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.serve)
+
+
+def _test_config(http_port: int) -> dict[str, Any]:
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = http_port
+    app = config["applications"][0]
+    for model in app["args"]["models"]:
+        if model["served_name"] == CHAT_MODEL:
+            model["num_replicas"] = 2
+    return config
+
+
+@pytest.fixture(scope="session")
+def serve_stack(database_url: str) -> Iterator[ServeStack]:
+    import secrets
+
+    tmp = Path(tempfile.mkdtemp(prefix="clt-"))
+    admin_secret = secrets.token_urlsafe(48)
+    # The Ray cluster (and so every replica) inherits these from the environment of `ray start`.
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "CROSSLOGIC_ADMIN_JWT_SECRET")}
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["CROSSLOGIC_ADMIN_JWT_SECRET"] = admin_secret
+    http_port = free_port()
+    cluster = LocalRayCluster(
+        gcs_port=free_port(), dashboard_port=free_port(), num_cpus=8, temp_dir=str(tmp / "ray")
+    )
+    config = _test_config(http_port)
+    config_path = tmp / "serve_config.test.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    cluster.start()
+    try:
+        cluster.deploy(config_path)
+        base_url = f"http://127.0.0.1:{http_port}"
+        started = time.monotonic()
+        wait_ready(base_url, timeout_s=600, progress=print)
+        print(f"stack ready in {time.monotonic() - started:.0f}s")
+        stack = ServeStack(base_url=base_url, cluster=cluster, config=config, admin_secret=admin_secret)
+        stack.tenant_id, _, stack.api_key = stack.create_tenant_and_key("serve-tests")
+        yield stack
+    finally:
+        cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_driver(serve_stack: ServeStack) -> Iterator[Any]:
+    """A Ray driver connected to the test cluster, for killing actors and reading state."""
+    import ray
+
+    ray.init(address=serve_stack.cluster.address, namespace="crosslogic", log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from crosslogic.devmodels.prepare import resolve_model_source
+    from crosslogic.settings import Settings
+
+    path = resolve_model_source(CHAT_MODEL, Settings.from_env())
+    return AutoTokenizer.from_pretrained(path)
