@@ -53,6 +53,7 @@ from crosslogic.ratelimit.headers import format_duration, rate_limit_error, rate
 from crosslogic.ratelimit.memory import InMemoryRateLimiter
 from crosslogic.ratelimit.metrics import MeteredRateLimiter, NoopRateLimitMetrics, RateLimitMetrics
 from crosslogic.ratelimit.scope import LeaseScope
+from crosslogic.ratelimit.subjects import admission_request_for, key_subject, tenant_subject
 from crosslogic.ratelimit.models import (
     Admission,
     AdmissionRequest,
@@ -108,8 +109,11 @@ __all__ = [
     "SubjectState",
     "SubjectStatus",
     "WindowStatus",
+    "admission_request_for",
     "build_rate_limiter",
     "format_duration",
+    "key_subject",
     "rate_limit_error",
     "rate_limit_headers",
+    "tenant_subject",
 ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from redis.crc import key_slot
 from rl_support import RecordingMetrics, SubjectsFactory, admit
 
+from crosslogic.auth.context import AuthContext
 from crosslogic.ratelimit import (
     InMemoryRateLimiter,
     Limits,
@@ -13,9 +16,13 @@ from crosslogic.ratelimit import (
     RateLimitConfig,
     RateLimiter,
     Subject,
+    admission_request_for,
     build_rate_limiter,
+    key_subject,
+    tenant_subject,
 )
 from crosslogic.ratelimit.redis_backend import hash_tag, subject_keys
+from crosslogic.tenants.models import Limits as TenantLimits
 
 
 @pytest.mark.parametrize("tenant_id", ["t-1", "acme/prod", "we{ird}", "sp ace", "x" * 150])
@@ -83,3 +90,22 @@ async def test_build_prefers_redis(rl_redis_url: str) -> None:
                                  in_cluster=InMemoryRateLimiter())
     assert limiter.backend_name == "redis"
     await limiter.close()
+
+
+async def test_admission_from_an_auth_context(limiter: RateLimiter) -> None:
+    tenant_id, key_id = uuid.uuid4(), uuid.uuid4()
+    auth = AuthContext(
+        tenant_id=tenant_id, tenant_name="acme", key_id=key_id, key_name="ci", key_prefix="sk-abc12",
+        scopes=frozenset(), key_limits=TenantLimits(rpm=2), tenant_limits=TenantLimits(tpm=500),
+        stripe_customer_id=None,
+    )
+    request = admission_request_for(auth, request_id="req-auth-1", reserved_tokens=100, model="m")
+    assert request.key is not None and request.key.limits == Limits(rpm=2)
+    assert request.tenant.limits == Limits(tpm=500) and request.key_prefix == "sk-abc12"
+    admission = await limiter.admit(request)
+    assert admission.admitted and admission.key_id == str(key_id)
+    # The admin view addresses the same state from stored rows.
+    state = await limiter.state(key_subject(tenant_id, key_id, TenantLimits(rpm=2)))
+    assert state.requests_in_window == 1 and state.remaining_requests == 1
+    tenant_state = await limiter.state(tenant_subject(tenant_id, TenantLimits(tpm=500)))
+    assert tenant_state.tokens_in_window == 100 and tenant_state.remaining_tokens == 400
