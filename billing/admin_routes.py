@@ -1,0 +1,68 @@
+"""`/billing/*` admin routes (mounted under `/admin/v1`): dead letters, replay, reconciliation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel
+
+from billing.dead_letters import DeadLetter, list_dead_letters, replay_dead_letter
+from billing.reconcile import ReconcileRow, reconcile
+from crosslogic.admin.audit import write_audit
+from crosslogic.admin.deps import AdminCall
+
+
+class DeadLetterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DeadLetter]
+
+
+class Reconciliation(BaseModel):
+    object: Literal["billing_reconciliation"] = "billing_reconciliation"
+    data: list[ReconcileRow]
+
+
+def build_billing_admin_router(
+    pool: asyncpg.Pool, reader: Callable[..., Any], writer: Callable[..., Any]
+) -> APIRouter:
+    """`reader`/`writer`: `require_scope(deps, AdminScope.READ / WRITE)` from crosslogic.admin.deps."""
+    router = APIRouter(prefix="/billing", tags=["billing"])
+
+    @router.get("/dead-letters", summary="Billing work that failed permanently")
+    async def get_dead_letters(
+        _: Annotated[Any, Depends(reader)],
+        include_replayed: bool = False,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> DeadLetterList:
+        return DeadLetterList(
+            data=await list_dead_letters(pool, include_replayed=include_replayed, limit=limit)
+        )
+
+    @router.post("/dead-letters/{letter_id}/replay", summary="Queue a dead letter again")
+    async def replay(
+        call: Annotated[AdminCall, Depends(writer)],
+        letter_id: Annotated[int, Path(ge=1)],
+    ) -> DeadLetter:
+        async with pool.acquire() as conn, conn.transaction():
+            letter = await replay_dead_letter(conn, letter_id, call.principal.subject)
+            await write_audit(
+                conn, call.audit, action="billing.dead_letter.replay", target_type="dead_letter",
+                target_id=str(letter_id), before=None, after=letter.model_dump(mode="json"),
+            )
+        return letter
+
+    @router.get("/reconciliation", summary="Ledger vs delivered meter events per customer/hour")
+    async def get_reconciliation(
+        _: Annotated[Any, Depends(reader)],
+        start: datetime | None = None,
+        end: datetime | None = None,
+        all_rows: bool = False,
+    ) -> Reconciliation:
+        rows = await reconcile(pool, start=start, end=end, only_differences=not all_rows)
+        return Reconciliation(data=rows)
+
+    return router
