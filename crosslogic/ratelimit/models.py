@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SubjectKind = Literal["key", "tenant"]
 LimitName = Literal["rpm", "tpm", "concurrency"]
@@ -69,6 +69,15 @@ class AdmissionRequest(BaseModel):
     # Telemetry labels only; never used for decisions.
     model: str | None = None
     key_prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _one_tenant(self) -> AdmissionRequest:
+        # All state of one admission must share the tenant's Redis Cluster slot.
+        if self.tenant.kind != "tenant" or self.tenant.id != self.tenant.tenant_id:
+            raise ValueError("tenant must be a tenant subject")
+        if self.key is not None and (self.key.kind != "key" or self.key.tenant_id != self.tenant.id):
+            raise ValueError("key must be a key subject of the same tenant")
+        return self
 
     def subjects(self) -> list[Subject]:
         """Key first: when both reject with the same retry time the key's limit is the one reported."""

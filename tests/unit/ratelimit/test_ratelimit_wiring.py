@@ -10,6 +10,7 @@ from rl_support import RecordingMetrics, SubjectsFactory, admit
 
 from crosslogic.auth.context import AuthContext
 from crosslogic.ratelimit import (
+    AdmissionRequest,
     InMemoryRateLimiter,
     Limits,
     MeteredRateLimiter,
@@ -109,3 +110,14 @@ async def test_admission_from_an_auth_context(limiter: RateLimiter) -> None:
     assert state.requests_in_window == 1 and state.remaining_requests == 1
     tenant_state = await limiter.state(tenant_subject(tenant_id, TenantLimits(tpm=500)))
     assert tenant_state.tokens_in_window == 100 and tenant_state.remaining_tokens == 400
+
+
+def test_a_key_must_belong_to_the_admitted_tenant() -> None:
+    tenant = tenant_subject("t-a", None)
+    with pytest.raises(ValueError):
+        AdmissionRequest(request_id="r", tenant=tenant, key=key_subject("t-b", "k", None),
+                         reserved_tokens=0)
+    with pytest.raises(ValueError):
+        AdmissionRequest(request_id="r", tenant=key_subject("t-a", "k", None), reserved_tokens=0)
+    with pytest.raises(ValueError):
+        AdmissionRequest(request_id="bad id with spaces", tenant=tenant, reserved_tokens=0)
