@@ -13,8 +13,10 @@ from tests.serve.conftest import CHAT_MODEL, EMBED_MODEL, ServeStack
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
 
-def _chat(stack: ServeStack, key: str | None) -> httpx.Response:
+def _chat(stack: ServeStack, key: str | None, *, raw_header: str | None = None) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key is not None else {}
+    if raw_header is not None:
+        headers = {"authorization": raw_header}
     return httpx.post(
         f"{stack.openai_base}/chat/completions",
         json={"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 2},
@@ -23,14 +25,16 @@ def _chat(stack: ServeStack, key: str | None) -> httpx.Response:
     )
 
 
-@pytest.mark.parametrize("key", [None, "", "sk-cl-not-a-real-key-000000000000000000000000", "Basic abc"])
-def test_missing_or_unknown_key_is_401(serve_stack: ServeStack, key: str | None) -> None:
-    resp = _chat(serve_stack, key)
+@pytest.mark.parametrize(
+    "header", [None, "Bearer", "Bearer sk-cl-not-a-real-key-000000000000000000000000", "Basic abc", "sk-cl-no-scheme"]
+)
+def test_missing_or_unknown_key_is_401(serve_stack: ServeStack, header: str | None) -> None:
+    resp = _chat(serve_stack, None, raw_header=header)
     assert resp.status_code == 401
     error = resp.json()["error"]
     assert error["code"] == "invalid_api_key"
-    if key:
-        assert key not in resp.text
+    if header:
+        assert header.split()[-1] not in resp.text
 
 
 def test_openai_client_raises_authentication_error(serve_stack: ServeStack) -> None:

@@ -1,0 +1,77 @@
+"""Pure parts of the vLLM adapter and the app config (the engine itself is tested in tests/serve)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from crosslogic.config import AppConfig
+from crosslogic.engine.vllm_engine import _strip_usage, translate_vllm_error
+
+CHUNK = 'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+USAGE = 'data: {"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\n'
+DONE = "data: [DONE]\n\n"
+
+
+def test_usage_chunk_is_counted_and_dropped_unless_asked() -> None:
+    text, usage = _strip_usage([CHUNK, USAGE, DONE], keep=False)
+    assert usage == {"prompt_tokens": 7, "completion_tokens": 3}
+    assert text == CHUNK + DONE
+    text, usage = _strip_usage([CHUNK, USAGE, DONE], keep=True)
+    assert text == CHUNK + USAGE + DONE and usage is not None
+
+
+def test_content_mentioning_usage_is_not_mistaken_for_the_usage_chunk() -> None:
+    tricky = 'data: ' + json.dumps({"choices": [{"delta": {"content": '"choices":[] "usage"'}}]}) + "\n\n"
+    text, usage = _strip_usage([tricky], keep=False)
+    assert usage is None and text == tricky
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected_status", "code"),
+    [
+        (400, "This model's maximum context length is 2048 tokens. However, you requested 4000 tokens", 400, "context_length_exceeded"),
+        (400, "temperature must be non-negative", 400, "invalid_request"),
+        (404, "The model `x` does not exist.", 404, "model_not_found"),
+        (503, "overloaded", 503, "engine_overloaded"),
+        (500, "CUDA error: device-side assert", 502, "engine_error"),
+    ],
+)
+def test_vllm_errors_become_openai_errors(status: int, message: str, expected_status: int, code: str) -> None:
+    kind, payload = translate_vllm_error(status, message, None)
+    assert kind == "error"
+    assert payload["status"] == expected_status
+    assert payload["error"]["code"] == code
+    if expected_status >= 500:
+        assert "CUDA" not in payload["error"]["message"]  # engine internals never reach clients
+
+
+def _model(name: str) -> dict[str, object]:
+    return {"served_name": name, "source": "smollm2-135m"}
+
+
+def test_app_config_defaults_and_validation() -> None:
+    config = AppConfig.model_validate({"models": [_model("a")]})
+    assert config.ingress.max_ongoing_requests > 5  # Serve's default of 5 would throttle everything
+    assert config.router.policy == "least_loaded_p2c"
+    with pytest.raises(ValidationError, match="duplicate served_name"):
+        AppConfig.model_validate({"models": [_model("a"), _model("a")]})
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({"models": []})
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({"models": [{**_model("a"), "engine": {"bogus": 1}}]})
+
+
+def test_serve_config_yaml_is_a_valid_app_config() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_config.yaml").read_text())
+    app = config["applications"][0]
+    assert app["import_path"] == "deployments.app_builder:build_app"
+    parsed = AppConfig.model_validate(app["args"])
+    assert {m.task for m in parsed.models} == {"generate", "embed"}
+    assert config["http_options"]["port"] == 8000
