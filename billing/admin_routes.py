@@ -32,9 +32,13 @@ def build_billing_admin_router(
     """`reader`/`writer`: `require_scope(deps, AdminScope.READ / WRITE)` from crosslogic.admin.deps."""
     router = APIRouter(prefix="/billing", tags=["billing"])
 
-    @router.get("/dead-letters", summary="Billing work that failed permanently")
+    # Dependencies by value, not in annotations: with postponed annotations FastAPI could not
+    # resolve the closure variables `reader` / `writer`.
+    @router.get(
+        "/dead-letters", summary="Billing work that failed permanently",
+        dependencies=[Depends(reader)],
+    )
     async def get_dead_letters(
-        _: Annotated[Any, Depends(reader)],
         include_replayed: bool = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> DeadLetterList:
@@ -44,8 +48,8 @@ def build_billing_admin_router(
 
     @router.post("/dead-letters/{letter_id}/replay", summary="Queue a dead letter again")
     async def replay(
-        call: Annotated[AdminCall, Depends(writer)],
         letter_id: Annotated[int, Path(ge=1)],
+        call: AdminCall = Depends(writer),  # noqa: B008
     ) -> DeadLetter:
         async with pool.acquire() as conn, conn.transaction():
             letter = await replay_dead_letter(conn, letter_id, call.principal.subject)
@@ -55,9 +59,11 @@ def build_billing_admin_router(
             )
         return letter
 
-    @router.get("/reconciliation", summary="Ledger vs delivered meter events per customer/hour")
+    @router.get(
+        "/reconciliation", summary="Ledger vs delivered meter events per customer/hour",
+        dependencies=[Depends(reader)],
+    )
     async def get_reconciliation(
-        _: Annotated[Any, Depends(reader)],
         start: datetime | None = None,
         end: datetime | None = None,
         all_rows: bool = False,

@@ -45,7 +45,7 @@ _REQUEUE = {
     # Same identifier as before: if Stripe did record it after all, the replay is deduplicated.
     "meter_event": "UPDATE billing_outbox SET status = 'pending', attempts = 0, last_error = NULL, "
     "next_attempt_at = now(), lease_until = '-infinity', lease_owner = NULL "
-    "WHERE id = $1::bigint AND status = 'dead'",
+    "WHERE id = $1 AND status = 'dead'",
     "webhook": "UPDATE stripe_webhook_events SET status = 'pending', attempts = 0, "
     "last_error = NULL, next_attempt_at = now(), lease_until = '-infinity' "
     "WHERE event_id = $1 AND status = 'dead'",
@@ -63,7 +63,8 @@ async def replay_dead_letter(conn: Connection, letter_id: int, actor: str) -> De
         raise NotFoundError(f"no dead letter {letter_id}", param="id")
     if row["replayed_at"] is not None:
         raise ConflictError(f"dead letter {letter_id} was already replayed", param="id")
-    status = await conn.execute(_REQUEUE[row["kind"]], row["ref"])
+    ref: int | str = int(row["ref"]) if row["kind"] == "meter_event" else row["ref"]
+    status = await conn.execute(_REQUEUE[row["kind"]], ref)
     if status.endswith(" 0"):
         raise ConflictError(f"the {row['kind']} of dead letter {letter_id} is no longer dead")
     updated = await conn.fetchrow(

@@ -24,9 +24,13 @@ def build_usage_router(pool: asyncpg.Pool, auth: Callable[..., Any]) -> APIRoute
     """`auth` is the admin read dependency, e.g. `require_scope(deps, AdminScope.READ)`."""
     router = APIRouter(prefix="/usage", tags=["usage"])
 
-    @router.get("", summary="Usage and cost from the usage ledger, grouped one way")
+    # Dependencies by value, not in annotations: with postponed annotations FastAPI could not
+    # resolve the closure variable `auth`.
+    @router.get(
+        "", summary="Usage and cost from the usage ledger, grouped one way",
+        dependencies=[Depends(auth)],
+    )
     async def get_usage(
-        _: Annotated[Any, Depends(auth)],
         tenant_id: uuid.UUID | None = None,
         key_id: uuid.UUID | None = None,
         model: str | None = None,
