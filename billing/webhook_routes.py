@@ -87,3 +87,13 @@ def build_stripe_webhook_router(
         return WebhookAck(duplicate=duplicate)
 
     return router
+
+
+def webhook_router_if_enabled(
+    pool: asyncpg.Pool, config: BillingConfig, on_stored: Callable[[], None] | None = None
+) -> APIRouter | None:
+    """The webhook router when billing is enabled, else None (the route is absent: 404)."""
+    if not config.enabled:
+        return None
+    config.require_export()
+    return build_stripe_webhook_router(pool, config, on_stored)
