@@ -21,6 +21,7 @@ GROUP_MODULES: tuple[str, ...] = (
     "crosslogic.cli.migrate",
     "crosslogic.cli.admin",
     "crosslogic.cli.local",
+    "crosslogic.cli.billing",
 )
 
 
