@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,6 +11,14 @@ from decimal import Decimal
 import asyncpg
 
 from crosslogic.metering import UsageRecord, UsageStatus
+
+API_KEY = "sk_test_local_" + "x" * 24
+WEBHOOK_SECRET = "whsec_test_local_secret_0123456789"
+INPUT_METER = "crosslogic_input_tokens"
+OUTPUT_METER = "crosslogic_output_tokens"
+
+TenantFactory = Callable[..., Awaitable[uuid.UUID]]
+BreakPool = Callable[[], Awaitable[int]]
 
 _COUNTER = itertools.count()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -22,14 +22,12 @@ _ROOT = str(Path(__file__).resolve().parents[3])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from billing_checks import (  # noqa: E402
+    API_KEY, INPUT_METER, OUTPUT_METER, WEBHOOK_SECRET, BreakPool, TenantFactory,
+)
+
 from tests.stripe_server import StripeTestServer  # noqa: E402
 
-API_KEY = "sk_test_local_" + "x" * 24
-WEBHOOK_SECRET = "whsec_test_local_secret_0123456789"
-INPUT_METER = "crosslogic_input_tokens"
-OUTPUT_METER = "crosslogic_output_tokens"
-
-TenantFactory = Callable[..., Awaitable[uuid.UUID]]
 
 
 @pytest.fixture
@@ -111,9 +109,6 @@ def make_tenant(
         return tenant_id
 
     return make
-
-
-BreakPool = Callable[[], Awaitable[int]]
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from decimal import Decimal
 import asyncpg
 import httpx
 import pytest
-from billing_checks import ledger_totals, usage
-from conftest import INPUT_METER, OUTPUT_METER, TenantFactory
+from billing_checks import INPUT_METER, OUTPUT_METER, TenantFactory, ledger_totals, usage
 from fastapi import FastAPI
 
 from billing.admin_routes import build_billing_admin_router

@@ -7,8 +7,7 @@ import uuid
 
 import asyncpg
 import pytest
-from billing_checks import usage
-from conftest import TenantFactory
+from billing_checks import TenantFactory, usage
 
 from crosslogic.cli.main import build_parser
 from crosslogic.metering import UsageRecorder

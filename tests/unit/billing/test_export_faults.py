@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from billing_checks import ledger_totals, usage
-from conftest import INPUT_METER, OUTPUT_METER, BreakPool, TenantFactory
+from billing_checks import (
+    INPUT_METER, OUTPUT_METER, BreakPool, TenantFactory, ledger_totals, usage,
+)
 
 from billing.config import BillingConfig
 from billing.exporter import MeterExporter

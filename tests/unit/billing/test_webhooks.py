@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from conftest import WEBHOOK_SECRET, TenantFactory
+from billing_checks import TenantFactory, WEBHOOK_SECRET
 from fastapi import FastAPI
 
 from billing.config import BillingConfig
