@@ -22,10 +22,15 @@ from crosslogic.ratelimit import (  # noqa: E402
     AdmissionRequest,
     FailoverRateLimiter,
     Limits,
+    build_rate_limiter,
     RateLimitConfig,
     Subject,
 )
-from deployments.ratelimit_actor import ActorRateLimiter, get_ratelimit_actor  # noqa: E402
+from deployments.ratelimit_actor import (  # noqa: E402
+    ActorRateLimiter,
+    RayRateLimitMetrics,
+    get_ratelimit_actor,
+)
 
 pytestmark = pytest.mark.serve
 
@@ -98,3 +103,18 @@ async def test_dead_actor_fails_open_then_recovers(local_ray: None) -> None:
         if recovered.backend == "actor":
             break
     assert recovered is not None and recovered.backend == "actor" and recovered.admitted
+
+
+async def test_full_stack_with_ray_metrics(local_ray: None) -> None:
+    """What the ingress builds without REDIS_URL: telemetry on Ray metrics, fail mode, the actor."""
+    metrics = RayRateLimitMetrics()
+    limiter = build_rate_limiter(CONFIG, redis_url=None, in_cluster=ActorRateLimiter(CONFIG),
+                                 metrics=metrics)
+    tenant = _tenant(rpm=1)
+    admitted = await limiter.admit(_request(tenant))
+    refused = await limiter.admit(_request(tenant))
+    assert admitted.admitted and not refused.admitted and limiter.backend_name == "actor"
+    assert (await limiter.settle(admitted, 3)).lease_released
+    metrics.record_backend_error(backend="actor", operation="admit")
+    metrics.record_fail_mode(decision="open")
+    await limiter.close()

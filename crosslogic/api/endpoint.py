@@ -1,0 +1,38 @@
+"""The steps every OpenAI inference route takes, in order: key, body, schema, scope, model, relay."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from crosslogic.api.body import parse, read_json
+from crosslogic.api.context import ApiContext
+from crosslogic.api.relay import relay
+from crosslogic.engine.base import Endpoint
+from crosslogic.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+RequestModel = type[ChatCompletionRequest] | type[CompletionRequest] | type[EmbeddingRequest]
+
+
+async def serve_openai_request(
+    request: Request,
+    ctx: ApiContext,
+    request_id: str,
+    *,
+    schema: RequestModel,
+    endpoint: Endpoint,
+    task: Literal["generate", "embed"],
+) -> JSONResponse | StreamingResponse:
+    # The key first, as OpenAI does: a caller without a valid key learns nothing about the body.
+    await ctx.authenticate(request, None)
+    data = await read_json(request, ctx.max_body_bytes)
+    parsed = parse(schema, data)
+    await ctx.authenticate(request, parsed.model)  # scope check (cached: microseconds)
+    ctx.model_card(parsed.model, task)
+    stream = bool(getattr(parsed, "stream", False))
+    return await relay(
+        ctx.gateway, parsed.model, endpoint, data, request_id,
+        stream=stream, retries=ctx.retries_before_first_token,
+    )
