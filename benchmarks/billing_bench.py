@@ -21,13 +21,9 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,38 +35,15 @@ from billing.config import BillingConfig  # noqa: E402
 from billing.exporter import MeterExporter  # noqa: E402
 from billing.stripe_sender import StripeMeterSender  # noqa: E402
 from crosslogic.metering import UsageRecord, UsageRecorder, UsageStatus  # noqa: E402
-from crosslogic.storage.embedded import start_embedded, stop_embedded  # noqa: E402
-from crosslogic.storage.migrations import apply_migrations  # noqa: E402
-from crosslogic.storage.pool import dsn_with_database  # noqa: E402
 from tests.stripe_server import StripeTestServer  # noqa: E402
+
+# The throw-away database (DATABASE_URL's server or embedded) exactly as the auth benchmark makes it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from auth_bench import bench_database  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "billing.json"
 API_KEY = "sk_test_bench_" + "b" * 24
 METERS = ("bench_input_tokens", "bench_output_tokens")
-
-
-@asynccontextmanager
-async def bench_database() -> AsyncIterator[tuple[str, str]]:
-    server = os.environ.get("DATABASE_URL")
-    tmp: Path | None = None
-    if server is None:
-        tmp = Path(tempfile.mkdtemp(prefix="crosslogic-bench-"))
-        server = (await asyncio.to_thread(start_embedded, tmp / "pgdata", durable=False)).dsn()
-    name = f"crosslogic_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dsn_with_database(server, "postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        dsn = dsn_with_database(server, name)
-        conn = await asyncpg.connect(dsn)
-        await apply_migrations(conn)
-        await conn.close()
-        yield dsn, "DATABASE_URL server" if tmp is None else "embedded PostgreSQL"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        if tmp is not None:
-            await asyncio.to_thread(stop_embedded, tmp / "pgdata")
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def record_for(tenant: uuid.UUID, i: int, at: datetime | None = None) -> UsageRecord:
