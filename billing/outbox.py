@@ -84,6 +84,7 @@ WHERE id = $1 AND lease_owner = $3 AND status = 'pending'
 RETURNING id, tenant_id, meter, hour, value, identifier, attempts
 """
 
+# Dead rows count as unexported on purpose: that usage is not billed until an operator replays it.
 _OLDEST_UNEXPORTED = """
 SELECT least((SELECT min(created_at) FROM usage_ledger WHERE outbox_batch IS NULL),
              (SELECT min(oldest_usage_at) FROM billing_outbox WHERE status <> 'delivered'))

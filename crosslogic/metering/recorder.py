@@ -112,6 +112,8 @@ class UsageRecorder:
         """Stop the background task and flush what is buffered, retrying until `timeout_s`."""
         self._closing = True
         self._wake.set()
+        if self._task is None and self._buffer:
+            self.start()  # never started (e.g. start-up failed half-way): still write what we have
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
@@ -172,6 +174,7 @@ class UsageRecorder:
         for _ in batch:
             self._buffer.popleft()
         self.metrics.inc("written_total", len(batch))
+        self.metrics.set("buffered", len(self._buffer))
 
     async def _insert_one_by_one(self, batch: list[UsageRecord], cause: Exception) -> None:
         log.warning("usage batch rejected (%s); isolating the bad rows", cause)

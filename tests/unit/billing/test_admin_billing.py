@@ -190,3 +190,30 @@ async def test_identifiers_are_deterministic_and_short(
     key = (f"cus_{tenant.hex[:14]}", INPUT_METER, int(hour.timestamp()))
     assert stripe_server.hourly_totals()[key] == 3
     await sender.aclose()
+
+
+async def test_old_unexported_usage_raises_the_lag_alert(
+    pool: asyncpg.Pool, stripe_server: StripeTestServer, billing_config: BillingConfig,
+    make_tenant: TenantFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    tenant = await make_tenant()
+    stripe_server.faults.outage = True
+    await record(pool, usage(tenant, 5, 5, created_at=datetime.now(UTC) - timedelta(hours=2)))
+    sender = StripeMeterSender(billing_config)
+    exporter = MeterExporter(pool, billing_config, sender)
+    with caplog.at_level(logging.ERROR, logger="crosslogic.alerts"):
+        report = await exporter.run_cycle()
+    assert report.retried == 2 and report.oldest_unexported_s is not None
+    assert 7100 < exporter.metrics.get("oldest_unexported_usage_seconds") < 7300
+    assert any(getattr(r, "alert", None) == "billing_export_lagging" for r in caplog.records)
+    stripe_server.faults.outage = False
+    await pool.execute("UPDATE billing_outbox SET next_attempt_at = now()")
+    assert (await exporter.run_cycle()).oldest_unexported_s == 0
+    await sender.aclose()
+
+
+async def test_close_writes_even_if_never_started(pool: asyncpg.Pool) -> None:
+    recorder = UsageRecorder(pool)
+    recorder.record(usage(uuid.uuid4()))
+    await recorder.close()
+    assert recorder.pending == 0
