@@ -120,12 +120,13 @@ _LATENCY_BOUNDARIES = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0
 
 
 class RayRateLimitMetrics:
-    """`RateLimitMetrics` on `ray.util.metrics`, exported to Prometheus by Ray. Create one per process
-    (inside a replica), never at import time."""
+    """`RateLimitMetrics` on `ray.util.metrics`, exported to Prometheus by Ray (which prefixes `ray_`
+    and suffixes counters with `_total`). Create one per process (inside a replica), never at import
+    time."""
 
     def __init__(self) -> None:
         self._decisions = ray_metrics.Counter(
-            "crosslogic_ratelimit_decisions_total",
+            "crosslogic_ratelimit_decisions",
             description="Rate-limit admissions and rejections.",
             tag_keys=("tenant", "key_prefix", "model", "outcome", "reason"),
         )
@@ -141,12 +142,12 @@ class RayRateLimitMetrics:
             tag_keys=("tenant",),
         )
         self._errors = ray_metrics.Counter(
-            "crosslogic_ratelimit_backend_errors_total",
+            "crosslogic_ratelimit_backend_errors",
             description="Rate-limit backend calls that failed (unreachable or timed out).",
             tag_keys=("backend", "operation"),
         )
         self._fail_mode = ray_metrics.Counter(
-            "crosslogic_ratelimit_fail_mode_total",
+            "crosslogic_ratelimit_fail_mode_decisions",
             description="Decisions made while the shared backend was down (open, closed, recovered).",
             tag_keys=("decision",),
         )
