@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,10 @@ def register(subparsers: Any) -> None:
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for the stack")
     up.add_argument("--no-wait", action="store_true", help="return once ready instead of staying up")
     up.set_defaults(handler=_up)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _say(message: str) -> None:
@@ -80,8 +83,10 @@ def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     embedded = settings.database_url is None
     cluster = LocalRayCluster(gcs_port=args.ray_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
-    stop_event = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    # Ctrl-C, `kill` and a closed terminal all stop everything we started. Set explicitly: a shell
+    # that starts us in the background leaves SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         _say(f"home: {settings.home}")
         _prepare_models(config_path, settings)
@@ -101,8 +106,8 @@ def _up(args: argparse.Namespace) -> int:
         _print_banner(base, cluster.dashboard_url, api_key, time.monotonic() - started)
         if args.no_wait:
             return 0
-        while not stop_event.wait(1.0):
-            pass
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:
