@@ -16,6 +16,7 @@ from crosslogic.api.app import build_api
 from crosslogic.api.context import ApiContext
 from crosslogic.auth.key_authenticator import KeyAuthenticator
 from crosslogic.config import AppConfig
+from crosslogic.registry.placement import check_app_placements, registered_templates
 from crosslogic.settings import Settings
 from crosslogic.storage.pool import open_database
 from deployments.gateway import ServeGateway
@@ -29,6 +30,9 @@ class IngressServer:
         # Fails fast with one line (ConfigError) when PostgreSQL is unreachable or a migration fails;
         # replicas starting together apply migrations once (advisory lock).
         self._pool = await open_database(self._settings)
+        # A model whose registered template does not fit its accelerator refuses the whole app,
+        # with the numbers in the message `serve status` shows.
+        check_app_placements(self._config, await registered_templates(self._pool, self._config))
         self._authenticator = KeyAuthenticator(self._pool)
         await self._authenticator.start()
         local_stack = os.environ.get("CROSSLOGIC_LOCAL_STACK") == "1"
