@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from crosslogic.errors import ConfigError
 from crosslogic.settings import Settings
@@ -15,6 +15,7 @@ ENV_INPUT_METER = "STRIPE_METER_INPUT_TOKENS"
 ENV_OUTPUT_METER = "STRIPE_METER_OUTPUT_TOKENS"
 ENV_API_BASE = "STRIPE_API_BASE"
 ENV_ALERT_AGE = "BILLING_ALERT_UNEXPORTED_AGE_S"
+ENV_EXPORT_FROM = "BILLING_EXPORT_FROM"
 
 
 class BillingConfig(BaseModel):
@@ -41,6 +42,9 @@ class BillingConfig(BaseModel):
     # Stripe refuses events older than 35 days; stop a day early so a slow retry still lands.
     max_event_age_days: int = Field(default=34, gt=0, le=35)
     alert_unexported_age_s: float = Field(default=3600.0, gt=0)
+    # Usage recorded before this instant is never exported: turning billing on for a deployment
+    # that metered for months must not bill that history. None = export everything in the ledger.
+    export_from: AwareDatetime | None = None
     # Webhook processing.
     webhook_poll_s: float = Field(default=1.0, gt=0)
     webhook_max_attempts: int = Field(default=8, gt=0)
@@ -78,14 +82,20 @@ class BillingConfig(BaseModel):
         """Read and validate; raises ConfigError when enabled without credentials or meters."""
         env = os.environ if env is None else env
         settings = settings or Settings.from_env()
-        config = cls(
-            enabled=settings.billing_enabled,
-            stripe_api_key=settings.stripe_api_key,
-            stripe_api_base=env.get(ENV_API_BASE) or None,
-            webhook_secret=settings.stripe_webhook_secret,
-            input_meter_event=env.get(ENV_INPUT_METER) or None,
-            output_meter_event=env.get(ENV_OUTPUT_METER) or None,
-            alert_unexported_age_s=float(env.get(ENV_ALERT_AGE) or 3600),
-        )
+        try:
+            config = cls(
+                enabled=settings.billing_enabled,
+                stripe_api_key=settings.stripe_api_key,
+                stripe_api_base=env.get(ENV_API_BASE) or None,
+                webhook_secret=settings.stripe_webhook_secret,
+                input_meter_event=env.get(ENV_INPUT_METER) or None,
+                output_meter_event=env.get(ENV_OUTPUT_METER) or None,
+                alert_unexported_age_s=env.get(ENV_ALERT_AGE) or 3600,
+                export_from=env.get(ENV_EXPORT_FROM) or None,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"billing configuration: {field}: {first['msg']}") from None
         config.require_export()
         return config

@@ -80,7 +80,9 @@ class MeterExporter:
 
     async def _aggregate(self, report: CycleReport) -> None:
         while True:
-            result = await outbox.aggregate_ledger(self._pool, self._config.aggregate_limit)
+            result = await outbox.aggregate_ledger(
+                self._pool, self._config.aggregate_limit, self._config.export_from
+            )
             report.ledger_rows += result.ledger_rows
             report.events_created += result.events
             self.metrics.inc("outbox_events_created_total", result.events)
@@ -158,7 +160,7 @@ class MeterExporter:
         return min(self._config.retry_max_s, exp) * random.uniform(0.5, 1.0)
 
     async def _check_age(self, report: CycleReport) -> None:
-        oldest = await outbox.oldest_unexported(self._pool)
+        oldest = await outbox.oldest_unexported(self._pool, self._config.export_from)
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest.timestamp())
         report.oldest_unexported_s = age
         self.metrics.set("oldest_unexported_usage_seconds", age)

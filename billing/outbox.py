@@ -22,7 +22,7 @@ import asyncpg
 _AGGREGATE = """
 WITH picked AS (
     SELECT request_id FROM usage_ledger
-    WHERE outbox_batch IS NULL
+    WHERE outbox_batch IS NULL AND ($3::timestamptz IS NULL OR created_at >= $3)
     ORDER BY created_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -86,7 +86,8 @@ RETURNING id, tenant_id, meter, hour, value, identifier, attempts
 
 # Dead rows count as unexported on purpose: that usage is not billed until an operator replays it.
 _OLDEST_UNEXPORTED = """
-SELECT least((SELECT min(created_at) FROM usage_ledger WHERE outbox_batch IS NULL),
+SELECT least((SELECT min(created_at) FROM usage_ledger
+              WHERE outbox_batch IS NULL AND ($1::timestamptz IS NULL OR created_at >= $1)),
              (SELECT min(oldest_usage_at) FROM billing_outbox WHERE status <> 'delivered'))
 """
 
@@ -110,10 +111,13 @@ class AggregateResult:
     events: int
 
 
-async def aggregate_ledger(pool: asyncpg.Pool, limit: int) -> AggregateResult:
+async def aggregate_ledger(
+    pool: asyncpg.Pool, limit: int, export_from: datetime | None = None
+) -> AggregateResult:
+    """`export_from`: ledger rows older than this are never exported (usage from before billing)."""
     async with pool.acquire() as conn, conn.transaction():
         batch_id = await conn.fetchval("SELECT nextval('billing_batch_seq')")
-        row = await conn.fetchrow(_AGGREGATE, limit, batch_id)
+        row = await conn.fetchrow(_AGGREGATE, limit, batch_id, export_from)
     return AggregateResult(batch_id, row["ledger_rows"], row["events"])
 
 
@@ -155,7 +159,9 @@ async def dead_letter(pool: asyncpg.Pool, owner: str, row_id: int, reason: str) 
     return True
 
 
-async def oldest_unexported(pool: asyncpg.Pool) -> datetime | None:
+async def oldest_unexported(
+    pool: asyncpg.Pool, export_from: datetime | None = None
+) -> datetime | None:
     async with pool.acquire() as conn:
-        value: datetime | None = await conn.fetchval(_OLDEST_UNEXPORTED)
+        value: datetime | None = await conn.fetchval(_OLDEST_UNEXPORTED, export_from)
     return value

@@ -217,3 +217,19 @@ async def test_close_writes_even_if_never_started(pool: asyncpg.Pool) -> None:
     recorder.record(usage(uuid.uuid4()))
     await recorder.close()
     assert recorder.pending == 0
+
+
+async def test_usage_before_export_from_is_never_exported(
+    pool: asyncpg.Pool, stripe_server: StripeTestServer, billing_config: BillingConfig,
+    make_tenant: TenantFactory,
+) -> None:
+    tenant = await make_tenant()
+    cutover = datetime.now(UTC) - timedelta(minutes=30)
+    await record(pool, usage(tenant, 100, 100, created_at=cutover - timedelta(days=3)),
+                 usage(tenant, 7, 3, created_at=cutover + timedelta(minutes=1)))
+    config = billing_config.model_copy(update={"export_from": cutover})
+    sender = StripeMeterSender(config)
+    report = await MeterExporter(pool, config, sender).run_cycle()
+    assert report.ledger_rows == 1 and report.delivered == 2
+    assert sorted(stripe_server.hourly_totals().values()) == [3, 7]
+    await sender.aclose()

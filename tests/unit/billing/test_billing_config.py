@@ -50,3 +50,10 @@ async def test_disabled_keeps_metering_and_has_no_webhook_route(
     recorder.record(usage(uuid.uuid4()))
     await recorder.close()
     assert await admin_conn.fetchval("SELECT count(*) FROM usage_ledger") == 1
+
+
+def test_bad_values_are_one_line_config_errors() -> None:
+    with pytest.raises(ConfigError, match="export_from"):
+        BillingConfig.from_env(Settings(), env={"BILLING_EXPORT_FROM": "last tuesday"})
+    with pytest.raises(ConfigError, match="alert_unexported_age_s"):
+        BillingConfig.from_env(Settings(), env={"BILLING_ALERT_UNEXPORTED_AGE_S": "-5"})
