@@ -1,7 +1,7 @@
 """One local Ray cluster per test session with the real stack deployed from serve_config.yaml.
 
 The test variant of the config changes only what a test needs: a free HTTP port and two replicas of
-the chat model (so routing can be observed). Everything else — builder, engines, router — is the
+the chat model (so routing can be observed), and two ingress replicas. Everything else — builder, engines, router — is the
 production path. Every test here is marked `serve`.
 """
 
@@ -83,6 +83,8 @@ def _test_config(http_port: int) -> dict[str, Any]:
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"]["port"] = http_port
     app = config["applications"][0]
+    # Two ingress replicas: key revocation, routing counts and limits must hold across replicas.
+    app["args"]["ingress"]["num_replicas"] = 2
     for model in app["args"]["models"]:
         if model["served_name"] == CHAT_MODEL:
             model["num_replicas"] = 2

@@ -53,6 +53,8 @@ def test_revocation_takes_effect_within_a_second(serve_stack: ServeStack) -> Non
     while _chat(serve_stack, secret).status_code != 401:
         assert time.monotonic() - started < 1.0, "revoked key still accepted after 1 s"
         time.sleep(0.05)
+    # Every ingress replica refuses it now (the proxy spreads these over both replicas).
+    assert {_chat(serve_stack, secret).status_code for _ in range(12)} == {401}
 
 
 def test_scoped_key_sees_only_its_models(serve_stack: ServeStack) -> None:
