@@ -68,6 +68,8 @@ class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[ModelDeploymentConfig] = Field(min_length=1)
+    # Recorded on every usage row; one control plane serves one region's engines today.
+    region: str = Field(default="local", min_length=1, max_length=64)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
 

@@ -10,15 +10,19 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from billing.config import BillingConfig
+from billing.webhook_routes import webhook_router_if_enabled
 from crosslogic.admin.router import build_admin_router
 from crosslogic.admin.startup import build_admin_deps
 from crosslogic.api.app import build_api
 from crosslogic.api.context import ApiContext
 from crosslogic.auth.key_authenticator import KeyAuthenticator
 from crosslogic.config import AppConfig
+from crosslogic.metering import UsageRecorder
 from crosslogic.registry.placement import check_app_placements, registered_templates
 from crosslogic.settings import Settings
 from crosslogic.storage.pool import open_database
+from deployments.billing_actor import ensure_billing_running
 from deployments.gateway import ServeGateway
 
 
@@ -38,22 +42,35 @@ class IngressServer:
         local_stack = os.environ.get("CROSSLOGIC_LOCAL_STACK") == "1"
         self._admin = build_admin_deps(self._settings, self._pool, local_stack=local_stack)
         self._gateway = ServeGateway(self._config, engines)
+        # Metering is always on: usage rows are buffered here and written off the request path.
+        self._recorder = UsageRecorder(self._pool)
+        self._recorder.start()
+        # Billing on: the detached billing actor exports the ledger; Stripe's webhooks come here.
+        self._billing = BillingConfig.from_env(self._settings)
+        if self._billing.enabled:
+            await ensure_billing_running()
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         await self._gateway.start()
         context = ApiContext(
             gateway=self._gateway,
             authenticator=self._authenticator,
+            usage=self._recorder,
+            region=self._config.region,
             max_body_bytes=self._config.ingress.max_body_bytes,
             retries_before_first_token=self._config.ingress.retries_before_first_token,
         )
         # Serve's proxy already sets and echoes x-request-id.
         app = build_api(context, echo_request_id=False)
         app.include_router(build_admin_router(self._admin))
+        webhooks = webhook_router_if_enabled(self._pool, self._billing)
+        if webhooks is not None:
+            app.include_router(webhooks)
         return app
 
     async def __del__(self) -> None:
         await self._gateway.close()
+        await self._recorder.close()  # flushes buffered usage rows
         await self._authenticator.close()
         await self._admin.verifier.aclose()
         await self._pool.close()

@@ -9,6 +9,7 @@ from typing import Annotated, Protocol
 from fastapi import Depends, Request
 
 from crosslogic.api.gateway import Gateway
+from crosslogic.api.accounting import UsageSink
 from crosslogic.auth.context import AuthContext
 from crosslogic.engine.base import ModelCard
 from crosslogic.errors import InvalidRequestError, ModelNotFoundError
@@ -22,8 +23,10 @@ class Authenticator(Protocol):
 class ApiContext:
     gateway: Gateway
     authenticator: Authenticator
+    usage: UsageSink
     max_body_bytes: int
     retries_before_first_token: int
+    region: str = "local"
 
     async def authenticate(self, request: Request, model: str | None) -> AuthContext:
         return await self.authenticator.authenticate(request.headers.get("authorization"), model)

@@ -7,6 +7,7 @@ from typing import Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from crosslogic.api.accounting import settle_hook
 from crosslogic.api.body import parse, read_json
 from crosslogic.api.context import ApiContext
 from crosslogic.api.relay import relay
@@ -29,10 +30,11 @@ async def serve_openai_request(
     await ctx.authenticate(request, None)
     data = await read_json(request, ctx.max_body_bytes)
     parsed = parse(schema, data)
-    await ctx.authenticate(request, parsed.model)  # scope check (cached: microseconds)
+    auth = await ctx.authenticate(request, parsed.model)  # scope check (cached: microseconds)
     ctx.model_card(parsed.model, task)
     stream = bool(getattr(parsed, "stream", False))
     return await relay(
         ctx.gateway, parsed.model, endpoint, data, request_id,
         stream=stream, retries=ctx.retries_before_first_token,
+        settle=settle_hook(ctx.usage, auth, parsed.model, request_id, ctx.region),
     )

@@ -145,7 +145,7 @@ async def _collect(
     body: dict[str, Any] | None = None
     event: EngineEvent | None = first
     while event is not None:
-        kind, payload = event
+        kind, payload = event[0], event[1]
         if kind == RESPONSE:
             body = payload
         elif kind == USAGE:
@@ -172,8 +172,10 @@ async def _stream(
     try:
         event: EngineEvent | None = first
         while event is not None:
-            kind, payload = event
+            kind, payload = event[0], event[1]
             if kind == CHUNK:
+                if len(event) > 2 and event[2] is not None:
+                    _record_usage(outcome, event[2])
                 yield payload
             elif kind == USAGE:
                 _record_usage(outcome, payload)

@@ -4,7 +4,8 @@ An engine runs one model and answers OpenAI-shaped requests as a stream of event
 tuples rather than pydantic models because one is sent per generated token step across a process
 boundary, where every microsecond counts:
 
-- ``("chunk", str)``: SSE text to relay to the client as is (one or more ``data: ...\\n\\n`` events)
+- ``("chunk", str, usage | None)``: SSE text to relay to the client as is (one or more
+  ``data: ...\\n\\n`` events), with the engine's running usage so far (prompt / completion tokens)
 - ``("response", dict)``: the whole JSON body of a non-streaming response
 - ``("error", dict)``: an OpenAI error body plus ``status`` (the request failed)
 - ``("usage", dict)``: ``prompt_tokens`` / ``completion_tokens`` as the engine counted them; always
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 Endpoint = Literal["chat", "completions", "embeddings"]
-EngineEvent = tuple[str, Any]
+EngineEvent = tuple[Any, ...]
 
 CHUNK = "chunk"
 RESPONSE = "response"

@@ -293,12 +293,13 @@ class VLLMEngine(Engine):
             return
         stream = bool(body.get("stream"))
         client_options = body.get("stream_options") or {}
-        client_wants_usage = bool(client_options.get("include_usage"))
+        keep_final = bool(client_options.get("include_usage"))
+        keep_continuous = keep_final and bool(client_options.get("continuous_usage_stats"))
         body = {**body, "request_id": request_id}
         if stream:
-            # Usage is always counted engine-side (metering needs it); the chunk is dropped below
-            # when the client did not ask for it.
-            body["stream_options"] = {**client_options, "include_usage": True}
+            # Usage is always counted engine-side (metering needs it, cancelled streams too); what
+            # the client did not ask for is removed below.
+            body["stream_options"] = {**client_options, "include_usage": True, "continuous_usage_stats": True}
         try:
             request = self._parse(endpoint, body)
         except ValueError as exc:
@@ -322,31 +323,50 @@ class VLLMEngine(Engine):
             return
         try:
             async for batch in _coalesce(result):
-                text, usage = _strip_usage(batch, keep=client_wants_usage)
+                text, usage = _strip_usage(batch, keep_final=keep_final, keep_continuous=keep_continuous)
+                # Each chunk carries the engine's running usage, so whoever relays it knows what
+                # was generated even if the stream ends early.
                 if text:
-                    yield (CHUNK, text)
-                if usage is not None:
+                    yield (CHUNK, text, usage)
+                elif usage is not None:
                     yield (USAGE, usage)
         except Exception as exc:
             yield self._from_exception(serving, exc)
 
 
-def _strip_usage(batch: list[str], *, keep: bool) -> tuple[str, dict[str, int] | None]:
-    """Join SSE events, pulling out the usage-only chunk (and dropping it unless the client asked)."""
+_USAGE_KEY = ',"usage":{'
+_DECODER = json.JSONDecoder()
+
+
+def _strip_usage(
+    batch: list[str], *, keep_final: bool, keep_continuous: bool
+) -> tuple[str, dict[str, int] | None]:
+    """Join SSE events, reading the engine's usage from them and removing what the client did not ask for.
+
+    We always ask vLLM for continuous usage (every chunk carries the running totals), so a stream
+    cut short by the client still has an engine-side count. The final usage-only chunk
+    (`"choices":[]`) is kept when the client asked for `include_usage`, the per-chunk usage only when
+    it asked for `continuous_usage_stats`.
+    """
     usage: dict[str, int] | None = None
     kept: list[str] = []
     for event in batch:
-        if _USAGE_CHUNK_MARK in event and '"usage"' in event and event.startswith("data: {"):
-            data = json.loads(event[len("data: ") :])
-            if not data.get("choices"):
-                raw = data.get("usage") or {}
-                usage = {
-                    "prompt_tokens": int(raw.get("prompt_tokens") or 0),
-                    "completion_tokens": int(raw.get("completion_tokens") or 0),
-                }
-                if not keep:
-                    continue
-        kept.append(event)
+        at = event.rfind(_USAGE_KEY)
+        if at < 0 or not event.startswith("data: {"):
+            kept.append(event)
+            continue
+        raw, end = _DECODER.raw_decode(event, at + len(_USAGE_KEY) - 1)
+        usage = {
+            "prompt_tokens": int(raw.get("prompt_tokens") or 0),
+            "completion_tokens": int(raw.get("completion_tokens") or 0),
+        }
+        if _USAGE_CHUNK_MARK in event[:at]:
+            if keep_final:
+                kept.append(event)
+        elif keep_continuous:
+            kept.append(event)
+        else:
+            kept.append(event[:at] + event[end:])
     return "".join(kept), usage
 
 

@@ -15,17 +15,31 @@ USAGE = 'data: {"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tok
 DONE = "data: [DONE]\n\n"
 
 
+RUNNING = (
+    'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}],'
+    '"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9,"prompt_tokens_details":{"cached_tokens":0}}}\n\n'
+)
+
+
 def test_usage_chunk_is_counted_and_dropped_unless_asked() -> None:
-    text, usage = _strip_usage([CHUNK, USAGE, DONE], keep=False)
+    text, usage = _strip_usage([CHUNK, USAGE, DONE], keep_final=False, keep_continuous=False)
     assert usage == {"prompt_tokens": 7, "completion_tokens": 3}
     assert text == CHUNK + DONE
-    text, usage = _strip_usage([CHUNK, USAGE, DONE], keep=True)
+    text, usage = _strip_usage([CHUNK, USAGE, DONE], keep_final=True, keep_continuous=False)
     assert text == CHUNK + USAGE + DONE and usage is not None
 
 
+def test_running_usage_is_read_from_every_chunk_and_stripped() -> None:
+    text, usage = _strip_usage([RUNNING], keep_final=True, keep_continuous=False)
+    assert usage == {"prompt_tokens": 7, "completion_tokens": 2}
+    assert json.loads(text[len("data: "):]) == json.loads(CHUNK[len("data: "):])
+    text, _ = _strip_usage([RUNNING], keep_final=True, keep_continuous=True)
+    assert text == RUNNING
+
+
 def test_content_mentioning_usage_is_not_mistaken_for_the_usage_chunk() -> None:
-    tricky = 'data: ' + json.dumps({"choices": [{"delta": {"content": '"choices":[] "usage"'}}]}) + "\n\n"
-    text, usage = _strip_usage([tricky], keep=False)
+    tricky = 'data: ' + json.dumps({"choices": [{"delta": {"content": ',"usage":{ "choices":[]'}}]}) + "\n\n"
+    text, usage = _strip_usage([tricky], keep_final=False, keep_continuous=False)
     assert usage is None and text == tricky
 
 
