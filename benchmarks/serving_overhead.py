@@ -1,0 +1,446 @@
+"""Serving overhead: the same streaming chat workload against bare vLLM and against CrossLogic.
+
+In one run, one target after the other (never two engines at once: the machine has 2 cores):
+  (a) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on the prepared
+      SmolLM2 directory, with the engine settings of serve_config.yaml;
+  (b) CrossLogic: a local Ray head, a variant of serve_config.yaml (the chat model only, one replica,
+      a free HTTP port), PostgreSQL (DATABASE_URL's server, else 127.0.0.1:5432, else embedded) with a
+      throw-away database, and an API key from `ensure_dev_key` kept in a temp dir.
+Each target is warmed up, then every concurrency level runs a fixed number of streaming chat requests
+with a fixed prompt and exactly `--max-tokens` output tokens (`ignore_eos`), through the official
+`openai` client. Per level: TTFT and request latency p50/p99, aggregate output tokens/s, and the CPU
+seconds each process group used (where the 2 cores went).
+
+    .venv/bin/python benchmarks/serving_overhead.py [--levels 1 8 16] [--rounds 4] [--max-tokens 64]
+
+Prints a side-by-side table and writes benchmarks/results/serving_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+from openai import AsyncOpenAI
+
+from crosslogic.localstack.ray_cluster import LocalRayCluster, free_port, kill_tagged_processes, wait_ready
+from crosslogic.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "serving_overhead.json"
+MODEL = "smollm2-135m"
+MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/test"
+# The process env var LocalRayCluster tags its processes with; the bare server gets it too.
+TAG = "CROSSLOGIC_LOCAL_CLUSTER_ID"
+ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_USE_AOT_COMPILE": "0"}
+PROMPT = (
+    "You are helping plan a small vegetable garden. List the vegetables that grow well in partial shade, "
+    "explain how often each should be watered, and suggest which ones can share a bed. Keep the answer short."
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- the workload ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    latency_s: float
+    output_tokens: int
+
+
+async def one_request(client: AsyncOpenAI, max_tokens: int) -> Sample:
+    started = time.perf_counter()
+    ttft: float | None = None
+    tokens = 0
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
+        temperature=0.0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    async for chunk in stream:
+        # As vLLM's own `bench serve`: the first chunk carrying a choice is the first token.
+        if ttft is None and chunk.choices:
+            ttft = time.perf_counter() - started
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    latency = time.perf_counter() - started
+    return Sample(ttft_s=ttft if ttft is not None else latency, latency_s=latency, output_tokens=tokens)
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+class CpuAccount:
+    """CPU seconds per process group between two snapshots: which component used the cores."""
+
+    def __init__(self, tags: set[str]) -> None:
+        self._tags = tags
+        self._start = self._snapshot()
+
+    def _group(self, proc: psutil.Process) -> str | None:
+        if proc.pid == os.getpid():
+            return "benchmark client"
+        if proc.environ().get(TAG) not in self._tags:
+            return None
+        argv = proc.cmdline() or [proc.name()]
+        if "vllm.entrypoints.openai.api_server" in argv:
+            return "vllm api_server"
+        # Ray and vLLM retitle their processes (`ray::ServeReplica:app:ingress`, `VLLM::EngineCore`);
+        # other Python processes are named by the script they run.
+        title = argv[0].split(" ")[0]
+        if "python" in os.path.basename(title) and len(argv) > 1:
+            title = next((a for a in argv[1:] if not a.startswith("-")), title)
+        return re.sub(r"^ray::", "", os.path.basename(title))[:60]
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        snap: dict[int, tuple[str, float]] = {}
+        for proc in psutil.process_iter():
+            try:
+                group = self._group(proc)
+                if group is not None:
+                    times = proc.cpu_times()
+                    snap[proc.pid] = (group, times.user + times.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return snap
+
+    def used(self) -> dict[str, float]:
+        end = self._snapshot()
+        groups: dict[str, float] = {}
+        for pid, (group, cpu) in end.items():
+            before = self._start.get(pid, (group, 0.0))[1]
+            groups[group] = groups.get(group, 0.0) + cpu - before
+        return {g: round(s, 2) for g, s in sorted(groups.items(), key=lambda kv: -kv[1]) if s >= 0.05}
+
+
+async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_tokens: int, tags: set[str]) -> dict[str, Any]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(total):
+        queue.put_nowait(n)
+    samples: list[Sample] = []
+    errors: list[str] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            try:
+                samples.append(await one_request(client, max_tokens))
+            except Exception as exc:  # counted and shown: a failed request must not stop the level
+                errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    cpu = CpuAccount(tags)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    ttft = [s.ttft_s * 1000 for s in samples]
+    latency = [s.latency_s * 1000 for s in samples]
+    tokens = sum(s.output_tokens for s in samples)
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "ok": len(samples),
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+        "wrong_token_counts": sum(1 for s in samples if s.output_tokens != max_tokens),
+        "ttft_ms": {"p50": round(quantile(ttft, 0.5), 2), "p99": round(quantile(ttft, 0.99), 2)},
+        "latency_ms": {"p50": round(quantile(latency, 0.5), 2), "p99": round(quantile(latency, 0.99), 2)},
+        "output_tokens": tokens,
+        "wall_s": round(wall, 3),
+        "output_tokens_per_s": round(tokens / wall, 2) if wall else 0.0,
+        "cpu_s_by_process": cpu.used(),
+        "load_avg_1m_before": round(load_before, 2),
+    }
+
+
+async def run_workload(name: str, base_url: str, api_key: str, args: argparse.Namespace, tags: set[str]) -> dict[str, Any]:
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+    try:
+        log(f"{name}: warm-up ({args.warmup} requests, then one burst of {max(args.levels)})")
+        for _ in range(args.warmup):
+            await one_request(client, args.max_tokens)
+        await asyncio.gather(*(one_request(client, args.max_tokens) for _ in range(max(args.levels))))
+        levels = []
+        for concurrency in args.levels:
+            total = max(args.min_requests, args.rounds * concurrency)
+            result = await run_level(client, concurrency, total, args.max_tokens, tags)
+            log(f"{name}: {concurrency:>2} clients, {result['ok']}/{total} ok: TTFT p50 {result['ttft_ms']['p50']:.1f} ms, "
+                f"{result['output_tokens_per_s']:.1f} tok/s, cpu {result['cpu_s_by_process']}")
+            levels.append(result)
+        return {"base_url": base_url, "levels": levels}
+    finally:
+        await client.close()
+
+
+# -- target (a): bare vLLM -------------------------------------------------------------------------
+
+
+def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError("vLLM server exited during start-up:\n" + "\n".join(tail))
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        time.sleep(2)
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def bare_vllm(model_path: str, workdir: Path, tag: str) -> Iterator[str]:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+        "--served-model-name", MODEL, "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager",
+        "--max-num-seqs", "32", "--host", "127.0.0.1", "--port", str(port),
+    ]
+    env = {**os.environ, **ENGINE_ENV, TAG: tag}
+    log_path = workdir / "vllm-server.log"
+    with open(log_path, "wb") as out:
+        # Its own session: the engine-core child dies with the group on stop.
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        log(f"bare vLLM: starting on port {port} (log {log_path})")
+        started = time.monotonic()
+        wait_http_ok(f"http://127.0.0.1:{port}/health", 900, proc, log_path)
+        log(f"bare vLLM: ready in {time.monotonic() - started:.0f}s")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        kill_tagged_processes(tag)
+        log("bare vLLM: stopped")
+
+
+# -- target (b): CrossLogic ------------------------------------------------------------------------
+
+
+async def pg_server_url() -> str | None:
+    import asyncpg
+
+    for url in [os.environ.get("DATABASE_URL"), MACHINE_PG]:
+        if not url:
+            continue
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            conn = await asyncpg.connect(url, timeout=3)
+            await conn.close()
+            return url
+    return None
+
+
+async def create_database(server_url: str, name: str) -> str:
+    import asyncpg
+
+    from crosslogic.storage.pool import dsn_with_database
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return dsn_with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def issue_key(dsn: str, home: Path) -> str:
+    from crosslogic.localstack.dev_tenant import ensure_dev_key
+    from crosslogic.storage.pool import open_database
+
+    pool = await open_database(Settings.from_env().model_copy(update={"database_url": dsn}))
+    try:
+        secret, _ = await ensure_dev_key(pool, home)
+        return secret
+    finally:
+        await pool.close()
+
+
+def bench_config(http_port: int) -> dict[str, Any]:
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = http_port
+    app = config["applications"][0]
+    app["args"]["models"] = [m for m in app["args"]["models"] if m["served_name"] == MODEL]
+    app["args"]["models"][0]["num_replicas"] = 1
+    return config
+
+
+@contextlib.contextmanager
+def crosslogic_stack(workdir: Path, dsn: str, cluster: LocalRayCluster) -> Iterator[tuple[str, str]]:
+    api_key = asyncio.run(issue_key(dsn, workdir / "home"))
+    http_port = free_port()
+    config_path = workdir / "serve_config.bench.yaml"
+    config_path.write_text(yaml.safe_dump(bench_config(http_port)))
+    # Every Ray process inherits these from `ray start`: the replicas find the database and secret.
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "CROSSLOGIC_ADMIN_JWT_SECRET")}
+    os.environ["DATABASE_URL"] = dsn
+    os.environ["CROSSLOGIC_ADMIN_JWT_SECRET"] = secrets.token_urlsafe(48)
+    try:
+        log(f"CrossLogic: starting Ray head on {cluster.address}")
+        cluster.start()
+        cluster.deploy(config_path)
+        base = f"http://127.0.0.1:{http_port}"
+        started = time.monotonic()
+        wait_ready(base, timeout_s=900, progress=lambda m: log(f"CrossLogic: {m}"))
+        log(f"CrossLogic: ready in {time.monotonic() - started:.0f}s")
+        yield f"{base}/v1", api_key
+    finally:
+        log("CrossLogic: stopping Ray and the engine")
+        cluster.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_crosslogic(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from crosslogic.storage.embedded import start_embedded, stop_embedded
+
+    server = asyncio.run(pg_server_url())
+    embedded = server is None
+    if embedded:
+        log("PostgreSQL: none reachable, starting an embedded server")
+        server = start_embedded(workdir / "pgdata", durable=False).dsn()
+    name = f"crosslogic_bench_{uuid.uuid4().hex[:8]}"
+    dsn = asyncio.run(create_database(server, name))
+    cluster = LocalRayCluster(gcs_port=free_port(), dashboard_port=free_port(), num_cpus=4, temp_dir=str(workdir / "ray"))
+    try:
+        with crosslogic_stack(workdir, dsn, cluster) as (base_url, api_key):
+            result = asyncio.run(run_workload("CrossLogic", base_url, api_key, args, {cluster.cluster_id}))
+        return {**result, "database": "embedded" if embedded else "server"}
+    finally:
+        asyncio.run(drop_database(server, name))
+        if embedded:
+            stop_embedded(workdir / "pgdata")
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def compare(bare: dict[str, Any], crosslogic: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for b, c in zip(bare["levels"], crosslogic["levels"], strict=True):
+        rows.append({
+            "concurrency": b["concurrency"],
+            "ttft_overhead_ms_p50": round(c["ttft_ms"]["p50"] - b["ttft_ms"]["p50"], 2),
+            "ttft_overhead_ms_p99": round(c["ttft_ms"]["p99"] - b["ttft_ms"]["p99"], 2),
+            "latency_overhead_ms_p50": round(c["latency_ms"]["p50"] - b["latency_ms"]["p50"], 2),
+            "throughput_ratio": round(c["output_tokens_per_s"] / b["output_tokens_per_s"], 3) if b["output_tokens_per_s"] else None,
+        })
+    return rows
+
+
+def print_table(bare: dict[str, Any], crosslogic: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    head = (f"{'conc':>4} | {'TTFT p50 ms':>17} | {'TTFT p99 ms':>17} | {'latency p50 ms':>17} | {'latency p99 ms':>17}"
+            f" | {'output tok/s':>15} | {'TTFT +p50':>9} | {'tput ratio':>10}")
+    print("\n" + head + "\n" + " " * 7 + "(bare / CrossLogic in each column)\n" + "-" * len(head))
+    for b, c, r in zip(bare["levels"], crosslogic["levels"], rows, strict=True):
+        cells = [f"{b[k][q]:8.1f}/{c[k][q]:8.1f}" for k, q in
+                 (("ttft_ms", "p50"), ("ttft_ms", "p99"), ("latency_ms", "p50"), ("latency_ms", "p99"))]
+        print(f"{b['concurrency']:>4} | " + " | ".join(cells)
+              + f" | {b['output_tokens_per_s']:7.1f}/{c['output_tokens_per_s']:7.1f}"
+              + f" | {r['ttft_overhead_ms_p50']:9.1f} | {r['throughput_ratio'] or 0:10.3f}")
+
+
+def machine_info() -> dict[str, Any]:
+    import ray
+    import vllm
+
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor())
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu_model": cpu_model,
+            "mem_total_gb": round(psutil.virtual_memory().total / 2**30, 1), "vllm": vllm.__version__,
+            "ray": ray.__version__, "platform": platform.platform()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16], help="concurrent clients")
+    parser.add_argument("--rounds", type=int, default=4, help="requests per client at each level")
+    parser.add_argument("--min-requests", type=int, default=16, help="at least this many requests per level")
+    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos)")
+    parser.add_argument("--warmup", type=int, default=3, help="sequential warm-up requests per target")
+    parser.add_argument("--targets", nargs="+", default=["bare", "crosslogic"], choices=["bare", "crosslogic"])
+    args = parser.parse_args()
+
+    from crosslogic.devmodels.prepare import resolve_model_source
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_path = resolve_model_source(MODEL, Settings.from_env(), progress=log)
+    workdir = Path(tempfile.mkdtemp(prefix="clbench-"))
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    try:
+        if "bare" in args.targets:
+            tag = f"bench-{uuid.uuid4().hex}"
+            with bare_vllm(model_path, workdir, tag) as base_url:
+                results["bare_vllm"] = asyncio.run(run_workload("bare vLLM", base_url, "EMPTY", args, {tag}))
+        if "crosslogic" in args.targets:
+            results["crosslogic"] = run_crosslogic(workdir, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    comparison = []
+    if "bare_vllm" in results and "crosslogic" in results:
+        comparison = compare(results["bare_vllm"], results["crosslogic"])
+        print_table(results["bare_vllm"], results["crosslogic"], comparison)
+    payload = {
+        "benchmark": "serving_overhead",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": machine_info(),
+        "settings": {**vars(args), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
+                     "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
+                                "env": ENGINE_ENV},
+                     "targets_run": "one after the other, each warmed up first"},
+        "targets": {"ttft_overhead_ms_p50_below": 10.0, "throughput_ratio_at_16_at_least": 0.9},
+        "results": results,
+        "comparison": comparison,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    log(f"wrote {RESULTS} ({payload['duration_s']:.0f}s in all)")
+
+
+if __name__ == "__main__":
+    main()
