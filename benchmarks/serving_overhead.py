@@ -261,25 +261,12 @@ async def pg_server_url() -> str | None:
     return None
 
 
-async def create_database(server_url: str, name: str) -> str:
-    import asyncpg
-
-    from crosslogic.storage.pool import dsn_with_database
-
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return dsn_with_database(server_url, name)
-
-
-async def drop_database(server_url: str, name: str) -> None:
+async def on_server(server_url: str, sql: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(server_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(sql)
     finally:
         await conn.close()
 
@@ -342,15 +329,19 @@ def run_crosslogic(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     if embedded:
         log("PostgreSQL: none reachable, starting an embedded server")
         server = start_embedded(workdir / "pgdata", durable=False).dsn()
+    from crosslogic.storage.pool import dsn_with_database
+
+    # A throw-away database: the shared one's migrations and tenants stay untouched.
     name = f"crosslogic_bench_{uuid.uuid4().hex[:8]}"
-    dsn = asyncio.run(create_database(server, name))
+    asyncio.run(on_server(server, f'CREATE DATABASE "{name}"'))
+    dsn = dsn_with_database(server, name)
     cluster = LocalRayCluster(gcs_port=free_port(), dashboard_port=free_port(), num_cpus=4, temp_dir=str(workdir / "ray"))
     try:
         with crosslogic_stack(workdir, dsn, cluster) as (base_url, api_key):
             result = asyncio.run(run_workload("CrossLogic", base_url, api_key, args, {cluster.cluster_id}))
         return {**result, "database": "embedded" if embedded else "server"}
     finally:
-        asyncio.run(drop_database(server, name))
+        asyncio.run(on_server(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         if embedded:
             stop_embedded(workdir / "pgdata")
 
@@ -424,22 +415,18 @@ def main() -> None:
     if "bare_vllm" in results and "crosslogic" in results:
         comparison = compare(results["bare_vllm"], results["crosslogic"])
         print_table(results["bare_vllm"], results["crosslogic"], comparison)
-    payload = {
-        "benchmark": "serving_overhead",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_s": round(time.monotonic() - started, 1),
-        "machine": machine_info(),
-        "settings": {**vars(args), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
-                     "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
-                                "env": ENGINE_ENV},
-                     "targets_run": "one after the other, each warmed up first"},
-        "targets": {"ttft_overhead_ms_p50_below": 10.0, "throughput_ratio_at_16_at_least": 0.9},
-        "results": results,
-        "comparison": comparison,
-    }
+    settings = {**vars(args), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
+                "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
+                           "env": ENGINE_ENV},
+                "targets_run": "one after the other, each warmed up first"}
+    duration = round(time.monotonic() - started, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
-    log(f"wrote {RESULTS} ({payload['duration_s']:.0f}s in all)")
+    with RESULTS.open("w") as out:
+        json.dump({"benchmark": "serving_overhead", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "duration_s": duration, "machine": machine_info(), "settings": settings,
+                   "goals": {"ttft_overhead_ms_p50_below": 10.0, "throughput_ratio_at_16_at_least": 0.9},
+                   "results": results, "comparison": comparison}, out, indent=2)
+    log(f"wrote {RESULTS} ({duration:.0f}s in all)")
 
 
 if __name__ == "__main__":
