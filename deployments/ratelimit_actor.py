@@ -97,6 +97,14 @@ class ActorRateLimiter(RateLimiter):
         except (GetTimeoutError, asyncio.TimeoutError) as exc:
             raise RateLimitBackendError(f"rate-limit actor: {type(exc).__name__}: {exc}") from exc
 
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """At replica start-up: create or find the actor and wait until it answers, so the first
+        admissions do not spend their tight timeout on actor creation (and fail open)."""
+        try:
+            await asyncio.wait_for(self._handle().ping.remote(), timeout=timeout_s)
+        except (RayActorError, GetTimeoutError, asyncio.TimeoutError) as exc:
+            raise RateLimitBackendError(f"rate-limit actor not ready: {exc}") from exc
+
     async def admit(self, request: AdmissionRequest) -> Admission:
         result: Admission = await self._call("admit", request)
         return result

@@ -108,8 +108,9 @@ async def test_dead_actor_fails_open_then_recovers(local_ray: None) -> None:
 async def test_full_stack_with_ray_metrics(local_ray: None) -> None:
     """What the ingress builds without REDIS_URL: telemetry on Ray metrics, fail mode, the actor."""
     metrics = RayRateLimitMetrics()
-    limiter = build_rate_limiter(CONFIG, redis_url=None, in_cluster=ActorRateLimiter(CONFIG),
-                                 metrics=metrics)
+    actor_client = ActorRateLimiter(CONFIG)
+    await actor_client.wait_ready()
+    limiter = build_rate_limiter(CONFIG, redis_url=None, in_cluster=actor_client, metrics=metrics)
     tenant = _tenant(rpm=1)
     admitted = await limiter.admit(_request(tenant))
     refused = await limiter.admit(_request(tenant))
