@@ -30,8 +30,11 @@ _REPLICA_FAILURES = (
 
 
 class ServeGateway:
-    def __init__(self, config: AppConfig, handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self, config: AppConfig, handles: dict[str, DeploymentHandle], *, billing_enabled: bool = False
+    ) -> None:
         self._config = config
+        self._billing_enabled = billing_enabled
         self._handles = {name: h.options(stream=True) for name, h in handles.items()}
         self._card_handles = handles
         self._cards: dict[str, ModelCard] = {}
@@ -95,6 +98,8 @@ class ServeGateway:
                 detail=f"{len(fresh)} healthy replicas of {m.num_replicas}",
                 data={"replicas": {rid: engines[rid]["stats"] for rid in fresh}},
             )
+        if self._billing_enabled:
+            deps["billing"] = await _billing_status()
         return Readiness(ready=all(d.ok for d in deps.values()), dependencies=deps)
 
     async def close(self) -> None:
@@ -102,3 +107,13 @@ class ServeGateway:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+
+
+async def _billing_status() -> DependencyStatus:
+    from deployments.billing_actor import get_billing_actor
+
+    try:
+        status = await asyncio.wait_for(get_billing_actor().status.remote(), timeout=5)
+    except Exception as exc:
+        return DependencyStatus(ok=False, detail=f"billing actor unreachable: {type(exc).__name__}")
+    return DependencyStatus(ok=True, detail="export loop running", data=dict(status))

@@ -3,6 +3,8 @@ PostgreSQL (API keys, admin plane) and the admin JWT verifier."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from typing import Any
 
@@ -26,6 +28,10 @@ from deployments.billing_actor import ensure_billing_running
 from deployments.gateway import ServeGateway
 
 
+logger = logging.getLogger("ray.serve")
+BILLING_KEEPALIVE_S = 5.0
+
+
 @serve.ingress()
 class IngressServer:
     async def __init__(self, app_config: dict[str, Any], engines: dict[str, DeploymentHandle]) -> None:
@@ -41,14 +47,17 @@ class IngressServer:
         await self._authenticator.start()
         local_stack = os.environ.get("CROSSLOGIC_LOCAL_STACK") == "1"
         self._admin = build_admin_deps(self._settings, self._pool, local_stack=local_stack)
-        self._gateway = ServeGateway(self._config, engines)
+        self._billing = BillingConfig.from_env(self._settings)
+        self._gateway = ServeGateway(self._config, engines, billing_enabled=self._billing.enabled)
         # Metering is always on: usage rows are buffered here and written off the request path.
         self._recorder = UsageRecorder(self._pool)
         self._recorder.start()
         # Billing on: the detached billing actor exports the ledger; Stripe's webhooks come here.
-        self._billing = BillingConfig.from_env(self._settings)
+        # A restarted actor runs only __init__, so we keep asking it to run its loops.
+        self._billing_keepalive: asyncio.Task[None] | None = None
         if self._billing.enabled:
             await ensure_billing_running()
+            self._billing_keepalive = asyncio.get_running_loop().create_task(self._keep_billing_running())
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         await self._gateway.start()
@@ -68,7 +77,17 @@ class IngressServer:
             app.include_router(webhooks)
         return app
 
+    async def _keep_billing_running(self) -> None:
+        while True:
+            await asyncio.sleep(BILLING_KEEPALIVE_S)
+            try:
+                await asyncio.wait_for(ensure_billing_running(), timeout=30)
+            except Exception as exc:  # restarting or unreachable: next round
+                logger.warning("billing actor not running: %r", exc)
+
     async def __del__(self) -> None:
+        if self._billing_keepalive is not None:
+            self._billing_keepalive.cancel()
         await self._gateway.close()
         await self._recorder.close()  # flushes buffered usage rows
         await self._authenticator.close()

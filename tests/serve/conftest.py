@@ -25,8 +25,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from crosslogic.localstack.ray_cluster import LocalRayCluster, free_port, wait_ready  # noqa: E402
+from tests.serve.stripe_thread import StripeServerThread  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+STRIPE_KEY = "sk_test_crosslogic_serve_tests"
+METERS = ("crosslogic_input_tokens", "crosslogic_output_tokens")
 CHAT_MODEL = "smollm2-135m"
 EMBED_MODEL = "all-minilm-l6-v2"
 
@@ -37,6 +40,8 @@ class ServeStack:
     cluster: LocalRayCluster
     config: dict[str, Any]
     admin_secret: str
+    stripe: StripeServerThread
+    webhook_secret: str
     api_key: str = ""
     tenant_id: str = ""
 
@@ -97,10 +102,24 @@ def serve_stack(database_url: str) -> Iterator[ServeStack]:
 
     tmp = Path(tempfile.mkdtemp(prefix="clt-"))
     admin_secret = secrets.token_urlsafe(48)
-    # The Ray cluster (and so every replica) inherits these from the environment of `ray start`.
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "CROSSLOGIC_ADMIN_JWT_SECRET")}
-    os.environ["DATABASE_URL"] = database_url
-    os.environ["CROSSLOGIC_ADMIN_JWT_SECRET"] = admin_secret
+    webhook_secret = "whsec_" + secrets.token_hex(16)
+    stripe = StripeServerThread(STRIPE_KEY, set(METERS))
+    stripe_url = stripe.start()
+    # The Ray cluster (and so every replica and the billing actor) inherits these from the
+    # environment of `ray start`: the production configuration, with Stripe's cloud replaced by the
+    # strict local server.
+    env = {
+        "DATABASE_URL": database_url,
+        "CROSSLOGIC_ADMIN_JWT_SECRET": admin_secret,
+        "BILLING_ENABLED": "true",
+        "STRIPE_API_KEY": STRIPE_KEY,
+        "STRIPE_WEBHOOK_SECRET": webhook_secret,
+        "STRIPE_METER_INPUT_TOKENS": METERS[0],
+        "STRIPE_METER_OUTPUT_TOKENS": METERS[1],
+        "STRIPE_API_BASE": stripe_url,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     http_port = free_port()
     cluster = LocalRayCluster(
         gcs_port=free_port(), dashboard_port=free_port(), num_cpus=8, temp_dir=str(tmp / "ray")
@@ -115,11 +134,15 @@ def serve_stack(database_url: str) -> Iterator[ServeStack]:
         started = time.monotonic()
         wait_ready(base_url, timeout_s=600, progress=print)
         print(f"stack ready in {time.monotonic() - started:.0f}s")
-        stack = ServeStack(base_url=base_url, cluster=cluster, config=config, admin_secret=admin_secret)
+        stack = ServeStack(
+            base_url=base_url, cluster=cluster, config=config, admin_secret=admin_secret,
+            stripe=stripe, webhook_secret=webhook_secret,
+        )
         stack.tenant_id, _, stack.api_key = stack.create_tenant_and_key("serve-tests")
         yield stack
     finally:
         cluster.stop()
+        stripe.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
