@@ -8,6 +8,7 @@ token either way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -113,7 +114,9 @@ async def relay(
         settled = True
         outcome.finished_at = time.monotonic()
         if settle is not None:
-            await settle(outcome)
+            # Settling releases leases and writes usage: it must finish even when the request's
+            # task is being cancelled (client gone), so it runs shielded from that cancellation.
+            await asyncio.shield(settle(outcome))
 
     try:
         first, events = await _open(gateway, model, endpoint, body, request_id, retries, outcome)
