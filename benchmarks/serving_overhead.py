@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -97,36 +96,48 @@ def quantile(values: list[float], q: float) -> float:
 
 
 class CpuAccount:
-    """CPU seconds per process group between two snapshots: which component used the cores."""
+    """CPU seconds per process group between two snapshots: which component used the cores.
+
+    A process belongs to a target when it or an ancestor carries the target's tag: vLLM and Ray
+    retitle their processes (`VLLM::EngineCore`, `ray::ServeReplica:...`) by writing over the
+    memory /proc/<pid>/environ is read from, so their own environment no longer shows the tag.
+    """
 
     def __init__(self, tags: set[str]) -> None:
         self._tags = tags
         self._start = self._snapshot()
 
-    def _group(self, proc: psutil.Process) -> str | None:
-        if proc.pid == os.getpid():
-            return "benchmark client"
-        if proc.environ().get(TAG) not in self._tags:
-            return None
+    def _tagged(self, proc: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return proc.environ().get(TAG) in self._tags
+        return False
+
+    @staticmethod
+    def _group(proc: psutil.Process) -> str:
         argv = proc.cmdline() or [proc.name()]
         if "vllm.entrypoints.openai.api_server" in argv:
             return "vllm api_server"
-        # Ray and vLLM retitle their processes (`ray::ServeReplica:app:ingress`, `VLLM::EngineCore`);
-        # other Python processes are named by the script they run.
+        # Retitled processes are named by their title, other Python processes by their script.
         title = argv[0].split(" ")[0]
         if "python" in os.path.basename(title) and len(argv) > 1:
             title = next((a for a in argv[1:] if not a.startswith("-")), title)
-        return re.sub(r"^ray::", "", os.path.basename(title))[:60]
+        if title.startswith("ray::"):  # `ray::Actor.method_running_now`: the actor is the group
+            return title[len("ray::"):].split(".")[0]
+        return os.path.basename(title)[:60]
 
     def _snapshot(self) -> dict[int, tuple[str, float]]:
+        procs = {p.pid: p for p in psutil.process_iter()}
+        roots = {pid for pid, p in procs.items() if self._tagged(p)}
         snap: dict[int, tuple[str, float]] = {}
-        for proc in psutil.process_iter():
+        for pid, proc in procs.items():
             try:
-                group = self._group(proc)
-                if group is not None:
-                    times = proc.cpu_times()
-                    snap[proc.pid] = (group, times.user + times.system)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                mine = pid == os.getpid()
+                if not mine and pid not in roots and not any(a.pid in roots for a in proc.parents()):
+                    continue
+                times = proc.cpu_times()
+                group = "benchmark client" if mine else self._group(proc)
+                snap[pid] = (group, times.user + times.system)
+            except psutil.Error:
                 continue
         return snap
 
