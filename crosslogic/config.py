@@ -64,6 +64,22 @@ class RouterConfig(BaseModel):
     stale_after_s: float = Field(default=5.0, gt=0)
 
 
+class LimitsConfig(BaseModel):
+    """Rate limiting (see `crosslogic.ratelimit`): Redis when REDIS_URL is set, else in-cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # open: a Redis outage degrades to each replica enforcing its share (limit / replicas);
+    # closed: answer 503 until Redis is back. Either way the switch back is automatic.
+    fail_mode: Literal["open", "closed"] = "open"
+    window_s: float = Field(default=60.0, gt=0, le=3600)
+    redis_timeout_s: float = Field(default=0.25, gt=0, le=10)
+    # A replica that dies with leases frees them within this; long streams renew every third of it.
+    lease_ttl_s: float = Field(default=60.0, gt=0, le=3600)
+    namespace: str = Field(default="crosslogic:rl", pattern=r"^[A-Za-z0-9:_.-]+$")
+
+
 class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,6 +88,7 @@ class AppConfig(BaseModel):
     region: str = Field(default="local", min_length=1, max_length=64)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("models")
     @classmethod

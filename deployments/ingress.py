@@ -15,17 +15,20 @@ from ray.serve.handle import DeploymentHandle
 from billing.config import BillingConfig
 from billing.webhook_routes import webhook_router_if_enabled
 from crosslogic.admin.router import build_admin_router
+from crosslogic.admin.routes_limits import limits_router
 from crosslogic.admin.startup import build_admin_deps
 from crosslogic.api.app import build_api
 from crosslogic.api.context import ApiContext
 from crosslogic.auth.key_authenticator import KeyAuthenticator
 from crosslogic.config import AppConfig
 from crosslogic.metering import UsageRecorder
+from crosslogic.ratelimit import RateLimitConfig, RateLimiter, build_rate_limiter
 from crosslogic.registry.placement import check_app_placements, registered_templates
 from crosslogic.settings import Settings
 from crosslogic.storage.pool import open_database
 from deployments.billing_actor import ensure_billing_running
 from deployments.gateway import ServeGateway
+from deployments.ratelimit_actor import ActorRateLimiter, RayRateLimitMetrics
 
 
 logger = logging.getLogger("ray.serve")
@@ -49,6 +52,7 @@ class IngressServer:
         self._admin = build_admin_deps(self._settings, self._pool, local_stack=local_stack)
         self._billing = BillingConfig.from_env(self._settings)
         self._gateway = ServeGateway(self._config, engines, billing_enabled=self._billing.enabled)
+        self._limiter = await self._build_limiter()
         # Metering is always on: usage rows are buffered here and written off the request path.
         self._recorder = UsageRecorder(self._pool)
         self._recorder.start()
@@ -66,16 +70,40 @@ class IngressServer:
             authenticator=self._authenticator,
             usage=self._recorder,
             region=self._config.region,
+            limiter=self._limiter,
+            lease_ttl_s=self._config.limits.lease_ttl_s,
             max_body_bytes=self._config.ingress.max_body_bytes,
             retries_before_first_token=self._config.ingress.retries_before_first_token,
         )
         # Serve's proxy already sets and echoes x-request-id.
         app = build_api(context, echo_request_id=False)
-        app.include_router(build_admin_router(self._admin))
+        admin = build_admin_router(self._admin)
+        if self._limiter is not None:
+            admin.include_router(limits_router(self._admin, self._limiter))
+        app.include_router(admin)
         webhooks = webhook_router_if_enabled(self._pool, self._billing)
         if webhooks is not None:
             app.include_router(webhooks)
         return app
+
+    async def _build_limiter(self) -> RateLimiter | None:
+        limits = self._config.limits
+        if not limits.enabled:
+            return None
+        config = RateLimitConfig(
+            window_s=limits.window_s,
+            namespace=limits.namespace,
+            redis_timeout_s=limits.redis_timeout_s,
+            fail_mode=limits.fail_mode,
+            replicas=self._config.ingress.num_replicas,
+        )
+        metrics = RayRateLimitMetrics()
+        if self._settings.redis_url:
+            return build_rate_limiter(config, redis_url=self._settings.redis_url, metrics=metrics)
+        # No Redis: limits live in the cluster's named actor (exact within this one cluster).
+        actor = ActorRateLimiter(config)
+        await actor.wait_ready()
+        return build_rate_limiter(config, redis_url=None, in_cluster=actor, metrics=metrics)
 
     async def _keep_billing_running(self) -> None:
         while True:
@@ -90,6 +118,8 @@ class IngressServer:
             self._billing_keepalive.cancel()
         await self._gateway.close()
         await self._recorder.close()  # flushes buffered usage rows
+        if self._limiter is not None:
+            await self._limiter.close()
         await self._authenticator.close()
         await self._admin.verifier.aclose()
         await self._pool.close()

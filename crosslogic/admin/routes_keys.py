@@ -11,7 +11,7 @@ from crosslogic.admin.deps import AdminCall, AdminDeps, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
 from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from crosslogic.tenants import api_key_repository as keys
-from crosslogic.tenants.models import ApiKeyCreate, ApiKeyRecord, CreatedApiKey
+from crosslogic.tenants.models import ApiKeyCreate, ApiKeyLimitsUpdate, ApiKeyRecord, CreatedApiKey
 
 
 def keys_router(deps: AdminDeps) -> APIRouter:
@@ -47,6 +47,18 @@ def keys_router(deps: AdminDeps) -> APIRouter:
     @router.get("/keys/{key_id}", summary="Get one API key (without its secret)")
     async def get_key(_: Reader, key_id: UUID) -> ApiKeyRecord:
         return await keys.get_api_key(deps.pool, key_id)
+
+    @router.patch(
+        "/keys/{key_id}",
+        summary="Set or clear a key's own limits (rpm, tpm, max_concurrency); null clears one",
+    )
+    async def update_key_limits(call: Writer, key_id: UUID, body: ApiKeyLimitsUpdate) -> ApiKeyRecord:
+        async with audited(
+            deps.pool, call.audit, action="key.update", target_type="api_key", target_id=str(key_id)
+        ) as change:
+            change.before = await keys.get_api_key(change.conn, key_id)
+            change.after = await keys.update_api_key_limits(change.conn, key_id, body)
+        return change.after
 
     @router.post(
         "/keys/{key_id}/revoke",

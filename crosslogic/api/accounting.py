@@ -1,4 +1,5 @@
-"""What happens when a request ends, whatever the path: usage goes to the ledger.
+"""What happens when a request ends, whatever the path: the rate-limit lease is settled to the tokens
+the engine counted, and usage goes to the ledger.
 
 `settle_hook` builds the per-request `Settle` callback the relay calls exactly once (success, engine
 error, client disconnect). It must never raise: accounting failures are logged and counted by the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from crosslogic.api.admission import Admitted
 from crosslogic.api.relay import Outcome, Settle
 from crosslogic.auth.context import AuthContext
 from crosslogic.metering.records import UsageRecord, UsageStatus
@@ -31,8 +33,14 @@ def _ms(start: float, end: float | None) -> float | None:
     return None if end is None else round((end - start) * 1000.0, 3)
 
 
-def settle_hook(sink: UsageSink, auth: AuthContext, model: str, request_id: str, region: str) -> Settle:
+def settle_hook(
+    sink: UsageSink, auth: AuthContext, model: str, request_id: str, region: str, admitted: Admitted
+) -> Settle:
     async def settle(outcome: Outcome) -> None:
+        try:
+            await admitted.settle(outcome.prompt_tokens + outcome.completion_tokens)
+        except Exception:
+            logger.exception("could not settle the rate-limit lease of request %s", request_id)
         if outcome.replica is None and outcome.first_token_at is None:
             return  # never reached an engine: nothing was processed, nothing to meter
         try:

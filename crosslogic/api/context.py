@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from crosslogic.api.gateway import Gateway
 from crosslogic.api.accounting import UsageSink
 from crosslogic.auth.context import AuthContext
+from crosslogic.ratelimit.base import RateLimiter
 from crosslogic.engine.base import ModelCard
 from crosslogic.errors import InvalidRequestError, ModelNotFoundError
 
@@ -27,6 +28,9 @@ class ApiContext:
     max_body_bytes: int
     retries_before_first_token: int
     region: str = "local"
+    # None: no limits enforced (e.g. a single-tenant deployment); otherwise Redis or in-cluster.
+    limiter: RateLimiter | None = None
+    lease_ttl_s: float = 60.0
 
     async def authenticate(self, request: Request, model: str | None) -> AuthContext:
         return await self.authenticator.authenticate(request.headers.get("authorization"), model)

@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from crosslogic.api.accounting import settle_hook
+from crosslogic.api.admission import admit
 from crosslogic.api.body import parse, read_json
 from crosslogic.api.context import ApiContext
 from crosslogic.api.relay import relay
@@ -31,10 +32,20 @@ async def serve_openai_request(
     data = await read_json(request, ctx.max_body_bytes)
     parsed = parse(schema, data)
     auth = await ctx.authenticate(request, parsed.model)  # scope check (cached: microseconds)
-    ctx.model_card(parsed.model, task)
-    stream = bool(getattr(parsed, "stream", False))
-    return await relay(
-        ctx.gateway, parsed.model, endpoint, data, request_id,
-        stream=stream, retries=ctx.retries_before_first_token,
-        settle=settle_hook(ctx.usage, auth, parsed.model, request_id, ctx.region),
+    card = ctx.model_card(parsed.model, task)
+    admitted = await admit(
+        ctx.limiter, auth, request_id=request_id, endpoint=endpoint, body=data,
+        model=parsed.model, max_model_len=card.max_model_len, lease_ttl_s=ctx.lease_ttl_s,
     )
+    stream = bool(getattr(parsed, "stream", False))
+    try:
+        return await relay(
+            ctx.gateway, parsed.model, endpoint, data, request_id,
+            stream=stream, retries=ctx.retries_before_first_token,
+            settle=settle_hook(ctx.usage, auth, parsed.model, request_id, ctx.region, admitted),
+            headers=admitted.headers,
+        )
+    except BaseException:
+        # The relay settles whatever reached it; this covers a failure before it took over.
+        await admitted.settle(0)
+        raise

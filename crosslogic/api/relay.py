@@ -83,8 +83,8 @@ async def _open(
     raise last_error
 
 
-def _error_json(payload: dict[str, Any]) -> JSONResponse:
-    return JSONResponse({"error": payload["error"]}, status_code=int(payload.get("status", 502)))
+def _error_json(payload: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": payload["error"]}, status_code=int(payload.get("status", 502)), headers=headers)
 
 
 def _record_usage(outcome: Outcome, usage: dict[str, int]) -> None:
@@ -125,7 +125,7 @@ async def relay(
         raise
     if first[0] == ERROR:
         await finish()
-        return _error_json(first[1])
+        return _error_json(first[1], headers)
     outcome.first_token_at = time.monotonic()
     if outcome.replica:
         # Which engine replica answered: for operators tracing a request, and for routing tests.
@@ -154,7 +154,7 @@ async def _collect(
         elif kind == USAGE:
             _record_usage(outcome, payload)
         elif kind == ERROR:
-            return _error_json(payload)
+            return _error_json(payload, headers)
         event = await anext(events, None)
     if body is None:
         raise UpstreamError("The engine finished without a response.")

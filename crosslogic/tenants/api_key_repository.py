@@ -26,6 +26,7 @@ from crosslogic.storage.pagination import (
 from crosslogic.tenants import key_secrets
 from crosslogic.tenants.models import (
     ApiKeyCreate,
+    ApiKeyLimitsUpdate,
     ApiKeyRecord,
     CreatedApiKey,
     KeyAuthRecord,
@@ -151,6 +152,26 @@ async def revoke_api_key(
             """,
             key_id,
             tenant_id,
+        )
+    if row is None:
+        raise _key_not_found(key_id)
+    return key_from_row(row)
+
+
+_LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency")
+
+
+async def update_api_key_limits(db: Executor, key_id: UUID, changes: ApiKeyLimitsUpdate) -> ApiKeyRecord:
+    """Set or clear the key's own limits; every ingress sees them within a second (NOTIFY trigger)."""
+    fields = [name for name in _LIMIT_FIELDS if name in changes.model_fields_set]
+    if not fields:
+        return await get_api_key(db, key_id)
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
+    with translate_db_errors():
+        row = await db.fetchrow(
+            f"UPDATE api_keys SET {assignments} WHERE id = $1 RETURNING {KEY_COLUMNS}",
+            key_id,
+            *[getattr(changes, name) for name in fields],
         )
     if row is None:
         raise _key_not_found(key_id)

@@ -45,6 +45,11 @@ class TenantCreate(_LimitsRequest):
     stripe_customer_id: StripeCustomerId | None = None
 
 
+class ApiKeyLimitsUpdate(_LimitsRequest):
+    """Only the limits present are changed; an explicit null clears one (the key is then bound by
+    its tenant's limits alone)."""
+
+
 class TenantUpdate(_LimitsRequest):
     """Only the fields present are changed; an explicit null clears a limit (unlimited)."""
 

@@ -90,6 +90,13 @@ def _test_config(http_port: int) -> dict[str, Any]:
     app = config["applications"][0]
     # Two ingress replicas: key revocation, routing counts and limits must hold across replicas.
     app["args"]["ingress"]["num_replicas"] = 2
+    # Short windows and leases so exactness and expiry are observable within a test; a namespace of
+    # our own on the shared Redis.
+    app["args"]["limits"] = {
+        "window_s": 10.0,
+        "lease_ttl_s": 6.0,
+        "namespace": f"crosslogic:test:{os.getpid()}:{time.time_ns()}",
+    }
     for model in app["args"]["models"]:
         if model["served_name"] == CHAT_MODEL:
             model["num_replicas"] = 2

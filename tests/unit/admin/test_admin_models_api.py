@@ -157,7 +157,7 @@ async def test_openapi_documents_every_admin_route(admin: httpx.AsyncClient) -> 
     spec = (await admin.get("/openapi.json")).json()
     operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
     admin_ops = [item for item in operations if item[0].startswith("/admin/v1/")]
-    assert len(admin_ops) == 19  # tenants, keys, models, audit, usage, billing dead letters + reconciliation
+    assert len(admin_ops) == 20  # + key limits update; tenants, keys, models, audit, usage, billing dead letters + reconciliation
     for path, method, op in admin_ops:
         assert op["summary"], (path, method)
         assert op["security"] == [{"HTTPBearer": []}]

@@ -179,3 +179,18 @@ async def test_audit_query_filters_and_pages(admin: httpx.AsyncClient, client_fo
     only = (await reader.get("/admin/v1/audit", params={"target_id": tenant["id"], "action": "tenant.create"})).json()
     assert len(only["data"]) == 1 and only["data"][0]["after"]["name"] == tenant["name"]
     assert (await reader.post(f"/admin/v1/tenants/{tenant['id']}/reactivate")).status_code == 403
+
+
+async def test_key_limits_update_is_audited_and_validated(admin: httpx.AsyncClient, db_pool: asyncpg.Pool) -> None:
+    tenant = await create_tenant(admin)
+    created = await admin.post(f"/admin/v1/tenants/{tenant['id']}/keys", json={"name": "limited", "rpm": 10})
+    assert created.status_code == 201, created.text
+    key_id = created.json()["key"]["id"]
+    patched = await admin.patch(f"/admin/v1/keys/{key_id}", json={"tpm": 5000, "rpm": None})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["tpm"] == 5000 and patched.json()["rpm"] is None
+    assert_error(await admin.patch(f"/admin/v1/keys/{key_id}", json={"tpm": -1}), 400, param="tpm")
+    assert_error(await admin.patch(f"/admin/v1/keys/{key_id}", json={"name": "x"}), 400, param="name")
+    assert_error(await admin.patch(f"/admin/v1/keys/{uuid.uuid4()}", json={"tpm": 1}), 404)
+    rows = await audit_for(db_pool, key_id)
+    assert [r["action"] for r in rows if r["result"] == "success"] == ["key.create", "key.update"]

@@ -1,0 +1,174 @@
+"""Exact limits through the real stack: two ingress replicas, Redis (REDIS_URL) or the in-cluster actor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.serve.conftest import CHAT_MODEL, ServeStack
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+WINDOW_S = 10.0
+
+
+def _limited_key(stack: ServeStack, name: str, **limits: int) -> tuple[str, str, str]:
+    return stack.create_tenant_and_key(name, **limits)
+
+
+def _leases(stack: ServeStack, key_id: str) -> dict[str, Any]:
+    resp = stack.admin("GET", f"/keys/{key_id}/limits")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+async def test_rpm_is_exact_across_ingress_replicas(serve_stack: ServeStack) -> None:
+    _, key_id, secret = _limited_key(serve_stack, "rpm-exact", rpm=6)
+    async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {secret}"}) as http:
+        results = await asyncio.gather(
+            *(
+                http.post(f"{serve_stack.openai_base}/chat/completions", json={"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1})
+                for _ in range(24)
+            )
+        )
+    statuses = [r.status_code for r in results]
+    assert statuses.count(200) == 6, statuses
+    assert statuses.count(429) == 18
+    rejected = next(r for r in results if r.status_code == 429)
+    error = rejected.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "6" in error["message"]
+    assert 1 <= int(rejected.headers["retry-after"]) <= WINDOW_S
+    assert int(rejected.headers["retry-after-ms"]) > 0
+    assert rejected.headers["x-ratelimit-limit-requests"] == "6"
+    assert rejected.headers["x-ratelimit-remaining-requests"] == "0"
+    state = _leases(serve_stack, key_id)
+    assert state["requests_in_window"] == 6 and state["remaining_requests"] == 0
+
+
+def test_headers_on_plain_and_streaming_responses(serve_stack: ServeStack) -> None:
+    _, _, secret = _limited_key(serve_stack, "headers", rpm=100, tpm=100_000)
+    headers = {"authorization": f"Bearer {secret}"}
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 4}
+    plain = httpx.post(f"{serve_stack.openai_base}/chat/completions", json=body, headers=headers, timeout=60)
+    with httpx.stream("POST", f"{serve_stack.openai_base}/chat/completions", json={**body, "stream": True}, headers=headers, timeout=60) as stream:
+        stream.read()
+    for resp in (plain, stream):
+        assert resp.status_code == 200
+        assert resp.headers["x-ratelimit-limit-requests"] == "100"
+        assert resp.headers["x-ratelimit-limit-tokens"] == "100000"
+        assert int(resp.headers["x-ratelimit-remaining-requests"]) < 100
+        assert int(resp.headers["x-ratelimit-remaining-tokens"]) < 100_000
+        assert resp.headers["x-ratelimit-reset-requests"].endswith("s")
+        assert resp.headers["x-ratelimit-reset-tokens"].endswith("s")
+
+
+def test_unused_reserved_tokens_are_returned(serve_stack: ServeStack) -> None:
+    """max_tokens=1500 reserves most of a 2,000 TPM; short answers give it back, so requests keep fitting."""
+    _, key_id, secret = _limited_key(serve_stack, "tpm-settle", tpm=2000)
+    headers = {"authorization": f"Bearer {secret}"}
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1500, "stop": [" ", "\n", "."]}
+    used = 0
+    for _ in range(3):
+        resp = httpx.post(f"{serve_stack.openai_base}/chat/completions", json=body, headers=headers, timeout=60)
+        assert resp.status_code == 200, resp.text
+        used += resp.json()["usage"]["total_tokens"]
+    state = _leases(serve_stack, key_id)
+    # The window holds what the engine counted, not the reservations (never double-counted).
+    assert state["tokens_in_window"] == used
+    # A request whose reservation cannot fit in the remaining tokens is refused as a TPM limit.
+    big = httpx.post(f"{serve_stack.openai_base}/chat/completions", json={**body, "max_tokens": 1990}, headers=headers, timeout=60)
+    assert big.status_code == 429, big.text
+    assert "token" in big.json()["error"]["message"].lower()
+
+
+def test_openai_client_raises_rate_limit_error(serve_stack: ServeStack) -> None:
+    _, _, secret = _limited_key(serve_stack, "rpm-one", rpm=1)
+    with openai.OpenAI(base_url=serve_stack.openai_base, api_key=secret, max_retries=0) as client:
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=1)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=1)  # type: ignore[arg-type]
+    assert raised.value.code == "rate_limit_exceeded"
+    assert 0 < float(raised.value.response.headers["retry-after"]) <= WINDOW_S
+
+
+async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack: ServeStack) -> None:
+    total, concurrency = 1000, 8
+    _, key_id, secret = _limited_key(serve_stack, "lease-leak", max_concurrency=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+    outcomes: dict[str, int] = {"ok": 0, "cancelled": 0, "engine_error": 0, "other": 0}
+    async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {secret}"}) as http:
+
+        async def one(i: int) -> None:
+            body: dict[str, Any] = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 3, "stream": True}
+            if i % 10 == 9:
+                body["max_tokens"] = 5000  # over the context: the engine refuses it
+            if i % 3 == 0:
+                body |= {"max_tokens": 200, "ignore_eos": True}
+            async with gate:
+                async with http.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body) as resp:
+                    if resp.status_code == 400:
+                        outcomes["engine_error"] += 1
+                        return
+                    if resp.status_code != 200:
+                        outcomes["other"] += 1
+                        return
+                    async for line in resp.aiter_lines():
+                        if i % 3 == 0 and line.startswith("data: {"):
+                            outcomes["cancelled"] += 1
+                            return  # hang up after the first chunk
+                    outcomes["ok"] += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(total)))
+    print(f"{total} requests in {time.monotonic() - started:.1f}s: {outcomes}")
+    assert outcomes["other"] == 0, outcomes
+    assert outcomes["cancelled"] > 300 and outcomes["engine_error"] > 50
+    deadline = time.monotonic() + 1.0
+    while (state := _leases(serve_stack, key_id))["active_leases"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert state["active_leases"] == 0, state
+
+
+def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_driver: Any) -> None:
+    _, key_id, secret = _limited_key(serve_stack, "replica-killed", max_concurrency=4)
+    headers = {"authorization": f"Bearer {secret}"}
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    streams = [httpx.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body, headers=headers, timeout=120) for _ in range(2)]
+    opened = [s.__enter__() for s in streams]
+    try:
+        for resp in opened:
+            assert resp.status_code == 200
+            next(resp.iter_lines())
+        assert _leases(serve_stack, key_id)["active_leases"] == 2
+        ingresses = [
+            a["name"] for a in ray_driver.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and "ingress" in a["name"]
+        ]
+        assert len(ingresses) == 2
+        for name in ingresses:  # both: whichever holds the leases dies without settling
+            ray_driver.kill(ray_driver.get_actor(name, namespace="serve"), no_restart=True)
+        killed_at = time.monotonic()
+    finally:
+        for s in streams:
+            try:
+                s.__exit__(None, None, None)
+            except Exception:
+                pass
+    lease_ttl_s = 6.0
+    while time.monotonic() - killed_at < lease_ttl_s + 30:
+        try:
+            if _leases(serve_stack, key_id)["active_leases"] == 0:
+                break
+        except (httpx.HTTPError, AssertionError):
+            pass  # Serve is bringing the ingress replicas back
+        time.sleep(0.5)
+    assert _leases(serve_stack, key_id)["active_leases"] == 0
+    # Expired by TTL, not before: the last renewal (every TTL/3) was at most TTL/3 before the kill.
+    assert time.monotonic() - killed_at >= lease_ttl_s * 2 / 3 - 0.5
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not serve_stack.ready().get("ready"):
+        time.sleep(1)
