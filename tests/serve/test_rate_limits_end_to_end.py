@@ -97,7 +97,9 @@ def test_openai_client_raises_rate_limit_error(serve_stack: ServeStack) -> None:
 
 async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack: ServeStack) -> None:
     total, concurrency = 1000, 8
-    _, key_id, secret = _limited_key(serve_stack, "lease-leak", max_concurrency=concurrency)
+    # Headroom over the client's own concurrency: a lease is released just after the client has
+    # read the end of its stream, so an immediate next request could otherwise be refused.
+    _, key_id, secret = _limited_key(serve_stack, "lease-leak", max_concurrency=concurrency + 4)
     gate = asyncio.Semaphore(concurrency)
     outcomes: dict[str, int] = {"ok": 0, "cancelled": 0, "engine_error": 0, "other": 0}
     async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {secret}"}) as http:
