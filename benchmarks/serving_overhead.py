@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import yaml
 from openai import AsyncOpenAI
 
+from process_probe import TAG, CpuAccount, Profiler, find_processes
 from crosslogic.localstack.ray_cluster import LocalRayCluster, free_port, kill_tagged_processes, wait_ready
 from crosslogic.settings import Settings
 
@@ -49,8 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "serving_overhead.json"
 MODEL = "smollm2-135m"
 MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/test"
-# The process env var LocalRayCluster tags its processes with; the bare server gets it too.
-TAG = "CROSSLOGIC_LOCAL_CLUSTER_ID"
+# Processes profiled with --profile: the serving path of each target (vLLM's worker is torch compute).
+PROFILED = {"vllm api_server", "VLLM::EngineCore", "ProxyActor", "ServeReplica:crosslogic:ingress",
+            f"ServeReplica:crosslogic:engine-{MODEL}"}
 ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_USE_AOT_COMPILE": "0"}
 PROMPT = (
     "You are helping plan a small vegetable garden. List the vegetables that grow well in partial shade, "
@@ -95,61 +96,6 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
-class CpuAccount:
-    """CPU seconds per process group between two snapshots: which component used the cores.
-
-    A process belongs to a target when it or an ancestor carries the target's tag: vLLM and Ray
-    retitle their processes (`VLLM::EngineCore`, `ray::ServeReplica:...`) by writing over the
-    memory /proc/<pid>/environ is read from, so their own environment no longer shows the tag.
-    """
-
-    def __init__(self, tags: set[str]) -> None:
-        self._tags = tags
-        self._start = self._snapshot()
-
-    def _tagged(self, proc: psutil.Process) -> bool:
-        with contextlib.suppress(psutil.Error):
-            return proc.environ().get(TAG) in self._tags
-        return False
-
-    @staticmethod
-    def _group(proc: psutil.Process) -> str:
-        argv = proc.cmdline() or [proc.name()]
-        if "vllm.entrypoints.openai.api_server" in argv:
-            return "vllm api_server"
-        # Retitled processes are named by their title, other Python processes by their script.
-        title = argv[0].split(" ")[0]
-        if "python" in os.path.basename(title) and len(argv) > 1:
-            title = next((a for a in argv[1:] if not a.startswith("-")), title)
-        if title.startswith("ray::"):  # `ray::Actor.method_running_now`: the actor is the group
-            return title[len("ray::"):].split(".")[0]
-        return os.path.basename(title)[:60]
-
-    def _snapshot(self) -> dict[int, tuple[str, float]]:
-        procs = {p.pid: p for p in psutil.process_iter()}
-        roots = {pid for pid, p in procs.items() if self._tagged(p)}
-        snap: dict[int, tuple[str, float]] = {}
-        for pid, proc in procs.items():
-            try:
-                mine = pid == os.getpid()
-                if not mine and pid not in roots and not any(a.pid in roots for a in proc.parents()):
-                    continue
-                times = proc.cpu_times()
-                group = "benchmark client" if mine else self._group(proc)
-                snap[pid] = (group, times.user + times.system)
-            except psutil.Error:
-                continue
-        return snap
-
-    def used(self) -> dict[str, float]:
-        end = self._snapshot()
-        groups: dict[str, float] = {}
-        for pid, (group, cpu) in end.items():
-            before = self._start.get(pid, (group, 0.0))[1]
-            groups[group] = groups.get(group, 0.0) + cpu - before
-        return {g: round(s, 2) for g, s in sorted(groups.items(), key=lambda kv: -kv[1]) if s >= 0.05}
-
-
 async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_tokens: int, tags: set[str]) -> dict[str, Any]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(total):
@@ -163,6 +109,9 @@ async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_token
             try:
                 samples.append(await one_request(client, max_tokens))
             except Exception as exc:  # counted and shown: a failed request must not stop the level
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # Ctrl-C, surfacing as a connection error
+                    raise
                 errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
 
     cpu = CpuAccount(tags)
@@ -204,9 +153,28 @@ async def run_workload(name: str, base_url: str, api_key: str, args: argparse.Na
             log(f"{name}: {concurrency:>2} clients, {result['ok']}/{total} ok: TTFT p50 {result['ttft_ms']['p50']:.1f} ms, "
                 f"{result['output_tokens_per_s']:.1f} tok/s, cpu {result['cpu_s_by_process']}")
             levels.append(result)
-        return {"base_url": base_url, "levels": levels}
+        out: dict[str, Any] = {"base_url": base_url, "levels": levels}
+        if args.profile:
+            out["profiled_level"] = await profiled_level(name, client, args, tags)
+        return out
     finally:
         await client.close()
+
+
+async def profiled_level(name: str, client: AsyncOpenAI, args: argparse.Namespace, tags: set[str]) -> dict[str, Any]:
+    """The top level once more under py-spy (separately: sampling perturbs the figures above)."""
+    pids = {group.replace(":", "_").replace(" ", "_"): pid for pid, (group, _) in find_processes(tags).items()
+            if group in PROFILED}
+    profiler = Profiler(pids, RESULTS.parent / "profiles" / name.replace(" ", "_"))
+    concurrency = max(args.levels)
+    try:
+        result = await run_level(client, concurrency, args.rounds * concurrency, args.max_tokens, tags)
+    finally:
+        profiles = profiler.stop()
+    for group, prof in profiles.items():
+        top = ", ".join(f"{p['what']} {p['share']:.0%}" for p in prof.get("self_by_package", [])[:6])
+        log(f"{name}: py-spy {group}: {prof['samples']} samples; self time by package: {top}")
+    return {**result, "profiles": profiles}
 
 
 # -- target (a): bare vLLM -------------------------------------------------------------------------
@@ -403,6 +371,8 @@ def main() -> None:
     parser.add_argument("--min-requests", type=int, default=16, help="at least this many requests per level")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos)")
     parser.add_argument("--warmup", type=int, default=3, help="sequential warm-up requests per target")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the measured levels, run the top level again under py-spy (profiles in results/profiles)")
     parser.add_argument("--targets", nargs="+", default=["bare", "crosslogic"], choices=["bare", "crosslogic"])
     args = parser.parse_args()
 
