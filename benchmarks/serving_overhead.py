@@ -52,6 +52,13 @@ MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/test"
 # Processes profiled with --profile: the serving path of each target (vLLM's worker is torch compute).
 PROFILED = {"vllm api_server", "VLLM::EngineCore", "ProxyActor", "ServeReplica:crosslogic:ingress",
             f"ServeReplica:crosslogic:engine-{MODEL}"}
+# CrossLogic as deployed, and with Ray Serve's throughput-optimised mode (gRPC between handles and
+# replicas, user code and router on the replica's main loop, buffered request logs, frozen GC) but
+# keeping the HTTP proxy (direct ingress would move the port to the ingress replica). Env of `ray start`.
+VARIANTS: dict[str, dict[str, str]] = {
+    "crosslogic": {},
+    "crosslogic_tuned": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+}
 ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_USE_AOT_COMPILE": "0"}
 PROMPT = (
     "You are helping plan a small vegetable garden. List the vegetables that grow well in partial shade, "
@@ -272,17 +279,17 @@ def bench_config(http_port: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def crosslogic_stack(workdir: Path, dsn: str, cluster: LocalRayCluster) -> Iterator[tuple[str, str]]:
+def crosslogic_stack(workdir: Path, dsn: str, cluster: LocalRayCluster, ray_env: dict[str, str]) -> Iterator[tuple[str, str]]:
     api_key = asyncio.run(issue_key(dsn, workdir / "home"))
     http_port = free_port()
     config_path = workdir / "serve_config.bench.yaml"
     config_path.write_text(yaml.safe_dump(bench_config(http_port)))
     # Every Ray process inherits these from `ray start`: the replicas find the database and secret.
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "CROSSLOGIC_ADMIN_JWT_SECRET")}
-    os.environ["DATABASE_URL"] = dsn
-    os.environ["CROSSLOGIC_ADMIN_JWT_SECRET"] = secrets.token_urlsafe(48)
+    env = {"DATABASE_URL": dsn, "CROSSLOGIC_ADMIN_JWT_SECRET": secrets.token_urlsafe(48), **ray_env}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        log(f"CrossLogic: starting Ray head on {cluster.address}")
+        log(f"CrossLogic: starting Ray head on {cluster.address} (extra env {ray_env or 'none'})")
         cluster.start()
         cluster.deploy(config_path)
         base = f"http://127.0.0.1:{http_port}"
@@ -300,7 +307,7 @@ def crosslogic_stack(workdir: Path, dsn: str, cluster: LocalRayCluster) -> Itera
                 os.environ[key] = value
 
 
-def run_crosslogic(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_crosslogic(workdir: Path, args: argparse.Namespace, name: str, ray_env: dict[str, str]) -> dict[str, Any]:
     from crosslogic.storage.embedded import start_embedded, stop_embedded
 
     server = asyncio.run(pg_server_url())
@@ -311,16 +318,16 @@ def run_crosslogic(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from crosslogic.storage.pool import dsn_with_database
 
     # A throw-away database: the shared one's migrations and tenants stay untouched.
-    name = f"crosslogic_bench_{uuid.uuid4().hex[:8]}"
-    asyncio.run(on_server(server, f'CREATE DATABASE "{name}"'))
-    dsn = dsn_with_database(server, name)
+    database = f"crosslogic_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(on_server(server, f'CREATE DATABASE "{database}"'))
+    dsn = dsn_with_database(server, database)
     cluster = LocalRayCluster(gcs_port=free_port(), dashboard_port=free_port(), num_cpus=4, temp_dir=str(workdir / "ray"))
     try:
-        with crosslogic_stack(workdir, dsn, cluster) as (base_url, api_key):
-            result = asyncio.run(run_workload("CrossLogic", base_url, api_key, args, {cluster.cluster_id}))
-        return {**result, "database": "embedded" if embedded else "server"}
+        with crosslogic_stack(workdir, dsn, cluster, ray_env) as (base_url, api_key):
+            result = asyncio.run(run_workload(name, base_url, api_key, args, {cluster.cluster_id}))
+        return {**result, "database": "embedded" if embedded else "server", "ray_env": ray_env}
     finally:
-        asyncio.run(on_server(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(on_server(server, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         if embedded:
             stop_embedded(workdir / "pgdata")
 
@@ -373,7 +380,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="sequential warm-up requests per target")
     parser.add_argument("--profile", action="store_true",
                         help="after the measured levels, run the top level again under py-spy (profiles in results/profiles)")
-    parser.add_argument("--targets", nargs="+", default=["bare", "crosslogic"], choices=["bare", "crosslogic"])
+    parser.add_argument("--targets", nargs="+", default=["bare", "crosslogic"], choices=["bare", *VARIANTS])
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
 
     from crosslogic.devmodels.prepare import resolve_model_source
@@ -388,26 +396,27 @@ def main() -> None:
             tag = f"bench-{uuid.uuid4().hex}"
             with bare_vllm(model_path, workdir, tag) as base_url:
                 results["bare_vllm"] = asyncio.run(run_workload("bare vLLM", base_url, "EMPTY", args, {tag}))
-        if "crosslogic" in args.targets:
-            results["crosslogic"] = run_crosslogic(workdir, args)
+        for variant in (t for t in args.targets if t in VARIANTS):
+            results[variant] = run_crosslogic(workdir, args, variant, VARIANTS[variant])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    comparison = []
-    if "bare_vllm" in results and "crosslogic" in results:
-        comparison = compare(results["bare_vllm"], results["crosslogic"])
-        print_table(results["bare_vllm"], results["crosslogic"], comparison)
-    settings = {**vars(args), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
+    comparison: dict[str, Any] = {}
+    for variant in (v for v in VARIANTS if v in results and "bare_vllm" in results):
+        comparison[variant] = compare(results["bare_vllm"], results[variant])
+        print(f"\n== bare vLLM vs {variant} {VARIANTS[variant] or ''}")
+        print_table(results["bare_vllm"], results[variant], comparison[variant])
+    settings = {**vars(args), "output": str(args.output), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
                 "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
                            "env": ENGINE_ENV},
                 "targets_run": "one after the other, each warmed up first"}
     duration = round(time.monotonic() - started, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("w") as out:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("w") as out:
         json.dump({"benchmark": "serving_overhead", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "duration_s": duration, "machine": machine_info(), "settings": settings,
                    "goals": {"ttft_overhead_ms_p50_below": 10.0, "throughput_ratio_at_16_at_least": 0.9},
                    "results": results, "comparison": comparison}, out, indent=2)
-    log(f"wrote {RESULTS} ({duration:.0f}s in all)")
+    log(f"wrote {args.output} ({duration:.0f}s in all)")
 
 
 if __name__ == "__main__":
