@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for the stack")
     up.add_argument("--no-wait", action="store_true", help="return once ready instead of staying up")
     up.set_defaults(handler=_up)
+    down = sub.add_parser("down", help="stop a stack left running (`up --no-wait`): Serve, Ray, engines, database")
+    down.add_argument("--dashboard-port", type=int, default=8265)
+    down.set_defaults(handler=_down)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -120,6 +123,20 @@ def _up(args: argparse.Namespace) -> int:
             if embedded:
                 _say("stopping embedded PostgreSQL")
                 stop_embedded(settings.pgdata_dir)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from crosslogic.localstack.ray_cluster import LocalRayCluster, kill_tagged_processes
+    from crosslogic.storage.embedded import stop_embedded
+
+    settings = Settings.from_env()
+    _say("stopping Serve, Ray and the engines")
+    LocalRayCluster(dashboard_port=args.dashboard_port).stop()
+    kill_tagged_processes(None)
+    if settings.database_url is None:
+        _say("stopping embedded PostgreSQL")
+        stop_embedded(settings.pgdata_dir)
     return 0
 
 

@@ -130,7 +130,9 @@ class LocalRayCluster:
         kill_tagged_processes(self.cluster_id)
 
 
-def kill_tagged_processes(cluster_id: str) -> int:
+def kill_tagged_processes(cluster_id: str | None) -> int:
+    """Kill what a local cluster left behind: processes carrying its tag (any local cluster's when
+    `cluster_id` is None)."""
     import psutil
 
     killed = 0
@@ -138,8 +140,8 @@ def kill_tagged_processes(cluster_id: str) -> int:
         try:
             if proc.pid == os.getpid():
                 continue
-            environ = proc.environ()
-            if environ.get(_CLUSTER_TAG) == cluster_id:
+            tag = proc.environ().get(_CLUSTER_TAG)
+            if tag is not None and (cluster_id is None or tag == cluster_id):
                 proc.kill()
                 killed += 1
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

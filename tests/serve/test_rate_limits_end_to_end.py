@@ -97,11 +97,9 @@ def test_openai_client_raises_rate_limit_error(serve_stack: ServeStack) -> None:
 
 async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack: ServeStack) -> None:
     total, concurrency = 1000, 8
-    # Headroom over the client's own concurrency: a lease is released just after the client has
-    # read the end of its stream, so an immediate next request could otherwise be refused.
-    _, key_id, secret = _limited_key(serve_stack, "lease-leak", max_concurrency=concurrency + 4)
+    _, key_id, secret = _limited_key(serve_stack, "lease-leak", max_concurrency=concurrency)
     gate = asyncio.Semaphore(concurrency)
-    outcomes: dict[str, int] = {"ok": 0, "cancelled": 0, "engine_error": 0, "other": 0}
+    outcomes: dict[str, int] = {"ok": 0, "cancelled": 0, "engine_error": 0, "concurrency_429": 0, "other": 0}
     async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {secret}"}) as http:
 
         async def one(i: int) -> None:
@@ -114,6 +112,13 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
                 async with http.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body) as resp:
                     if resp.status_code == 400:
                         outcomes["engine_error"] += 1
+                        return
+                    if resp.status_code == 429:
+                        # A hung-up stream holds its lease until the server notices the hang-up:
+                        # the limit is doing its job.
+                        await resp.aread()
+                        assert resp.json()["error"]["code"] == "rate_limit_exceeded"
+                        outcomes["concurrency_429"] += 1
                         return
                     if resp.status_code != 200:
                         outcomes["other"] += 1
@@ -128,7 +133,7 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
         await asyncio.gather(*(one(i) for i in range(total)))
     print(f"{total} requests in {time.monotonic() - started:.1f}s: {outcomes}")
     assert outcomes["other"] == 0, outcomes
-    assert outcomes["cancelled"] > 300 and outcomes["engine_error"] > 50
+    assert outcomes["cancelled"] > 200 and outcomes["engine_error"] > 40 and outcomes["ok"] > 400
     deadline = time.monotonic() + 1.0
     while (state := _leases(serve_stack, key_id))["active_leases"] and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -141,10 +146,12 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
     body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1500, "ignore_eos": True, "stream": True}
     streams = [httpx.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body, headers=headers, timeout=120) for _ in range(2)]
     opened = [s.__enter__() for s in streams]
+    # Keep the line iterators referenced: a discarded one closes its connection (a client hang-up).
+    readers = [resp.iter_lines() for resp in opened]
     try:
-        for resp in opened:
+        for resp, reader in zip(opened, readers, strict=True):
             assert resp.status_code == 200
-            next(resp.iter_lines())
+            next(reader)
         assert _leases(serve_stack, key_id)["active_leases"] == 2
         ingresses = [
             a["name"] for a in ray_driver.util.list_named_actors(all_namespaces=True)
