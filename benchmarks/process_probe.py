@@ -103,7 +103,7 @@ class Profiler:
         self._files = {name: outdir / f"{name}.collapsed.txt" for name in pids}
         self._procs = {
             name: subprocess.Popen(
-                [PY_SPY, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nonblocking",
+                [PY_SPY, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--nonblocking", "--full-filenames",
                  "-o", str(self._files[name])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )

@@ -116,9 +116,6 @@ async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_token
             try:
                 samples.append(await one_request(client, max_tokens))
             except Exception as exc:  # counted and shown: a failed request must not stop the level
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # Ctrl-C, surfacing as a connection error
-                    raise
                 errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
 
     cpu = CpuAccount(tags)
@@ -371,6 +368,10 @@ def machine_info() -> dict[str, Any]:
             "ray": ray.__version__, "platform": platform.platform()}
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16], help="concurrent clients")
@@ -385,6 +386,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from crosslogic.devmodels.prepare import resolve_model_source
+
+    # Our own handler, so asyncio.run does not install its task-cancelling one: the openai client
+    # can swallow that cancellation, and Ctrl-C must always reach the finally blocks that stop engines.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_path = resolve_model_source(MODEL, Settings.from_env(), progress=log)
