@@ -415,7 +415,8 @@ def main() -> None:
     settings = {**vars(args), "output": str(args.output), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
                 "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
                            "env": ENGINE_ENV},
-                "targets_run": "one after the other, each warmed up first"}
+                "targets_run": "one after the other, each warmed up first",
+                "crosslogic_rate_limit_backend": "redis (REDIS_URL)" if os.environ.get("REDIS_URL") else "in-cluster Ray actor"}
     duration = round(time.monotonic() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w") as out:
