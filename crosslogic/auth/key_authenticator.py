@@ -24,7 +24,7 @@ import asyncpg
 from crosslogic.auth.context import AuthContext
 from crosslogic.auth.invalidation_listener import InvalidationListener
 from crosslogic.auth.usage_batcher import KeyUsageBatcher
-from crosslogic.errors import AuthenticationError, PermissionDeniedError
+from crosslogic.errors import AuthenticationError, InsufficientQuotaError, PermissionDeniedError
 from crosslogic.storage.db_errors import translate_db_errors
 from crosslogic.tenants import key_secrets
 from crosslogic.tenants.api_key_repository import find_key_for_auth
@@ -48,6 +48,7 @@ class _Entry:
     tenant_active: bool
     cached_at: float  # monotonic seconds
     tenant_id: UUID | None
+    billing_hold: bool = False
 
 
 class KeyAuthenticator:
@@ -124,6 +125,12 @@ class KeyAuthenticator:
             raise AuthenticationError("This API key has been revoked.")
         if entry.expires_at is not None and time.time() >= entry.expires_at:
             raise AuthenticationError("This API key has expired.")
+        if not entry.tenant_active and entry.billing_hold:
+            # OpenAI's answer for an account that cannot pay: 429 insufficient_quota (not retried).
+            raise InsufficientQuotaError(
+                "The organization of this API key is suspended for billing: update its payment method.",
+                headers={"x-should-retry": "false"},
+            )
         if not entry.tenant_active:
             raise PermissionDeniedError(
                 "The organization of this API key is suspended.", code="tenant_suspended"
@@ -257,4 +264,5 @@ def _entry_from(record: KeyAuthRecord | None) -> _Entry:
         tenant_active=tenant.status == "active",
         cached_at=now,
         tenant_id=tenant.id,
+        billing_hold=record.suspended_for_billing,
     )

@@ -186,8 +186,10 @@ async def find_key_for_auth(db: Executor, prefix: str) -> KeyAuthRecord | None:
     """The key with this lookup prefix, its digest and its tenant, in one round trip."""
     row = await db.fetchrow(
         f"""
-        SELECT {_KEY_ALIASED}, k.secret_digest, {_TENANT_ALIASED}
+        SELECT {_KEY_ALIASED}, k.secret_digest, {_TENANT_ALIASED},
+               coalesce(b.suspended_by_billing, false) AS suspended_for_billing
         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        LEFT JOIN billing_tenant_state b ON b.tenant_id = t.id
         WHERE k.prefix = $1
         """,
         prefix,
@@ -195,7 +197,12 @@ async def find_key_for_auth(db: Executor, prefix: str) -> KeyAuthRecord | None:
     if row is None:
         return None
     tenant = Tenant.model_validate({name: row[f"t_{name}"] for name in Tenant.model_fields})
-    return KeyAuthRecord(key=key_from_row(row), secret_digest=row["secret_digest"], tenant=tenant)
+    return KeyAuthRecord(
+        key=key_from_row(row),
+        secret_digest=row["secret_digest"],
+        tenant=tenant,
+        suspended_for_billing=row["suspended_for_billing"],
+    )
 
 
 async def record_key_usage(db: Executor, last_used: Mapping[UUID, datetime]) -> int:

@@ -123,3 +123,5 @@ class KeyAuthRecord(BaseModel):
     key: ApiKeyRecord
     secret_digest: bytes
     tenant: Tenant
+    # Suspended by a billing event (payment failed, subscription cancelled), not by an operator.
+    suspended_for_billing: bool = False

@@ -163,8 +163,10 @@ def test_payment_webhooks_suspend_and_reactivate(serve_stack: ServeStack) -> Non
     _, customer, secret = _billed_tenant(serve_stack, "billed-webhooks")
     assert _status_after(serve_stack, secret, 200).status_code == 200
     assert _webhook(serve_stack, "invoice.payment_failed", customer).status_code == 200
-    suspended = _status_after(serve_stack, secret, 403)
-    assert suspended.status_code == 403 and suspended.json()["error"]["code"] == "tenant_suspended"
+    # Suspended by billing: OpenAI's 429 insufficient_quota (an operator's suspension is a 403).
+    suspended = _status_after(serve_stack, secret, 429)
+    assert suspended.status_code == 429 and suspended.json()["error"]["code"] == "insufficient_quota"
+    assert suspended.headers.get("x-should-retry") == "false"
     time.sleep(1.1)  # Stripe's `created` has one-second resolution; events apply in order
     assert _webhook(serve_stack, "invoice.paid", customer).status_code == 200
     assert _status_after(serve_stack, secret, 200).status_code == 200

@@ -14,7 +14,12 @@ import asyncpg
 import pytest
 
 from crosslogic.auth.key_authenticator import KeyAuthenticator
-from crosslogic.errors import AuthenticationError, CrossLogicError, PermissionDeniedError
+from crosslogic.errors import (
+    AuthenticationError,
+    CrossLogicError,
+    InsufficientQuotaError,
+    PermissionDeniedError,
+)
 from crosslogic.tenants.api_key_repository import create_api_key, get_api_key, revoke_api_key
 from crosslogic.tenants.models import ApiKeyCreate, CreatedApiKey, Tenant, TenantCreate, TenantUpdate
 from crosslogic.tenants.tenant_repository import create_tenant, set_tenant_status, update_tenant
@@ -298,3 +303,20 @@ async def test_database_outage_on_cold_path_is_503(db_pool: asyncpg.Pool) -> Non
         assert caught.value.status_code == 503 and key.secret not in str(caught.value.body())
     finally:
         await pool.close()
+
+
+async def test_billing_suspension_is_429_insufficient_quota(db_pool: asyncpg.Pool, make_auth: MakeAuth) -> None:
+    tenant = await new_tenant(db_pool)
+    key = await new_key(db_pool, tenant)
+    auth = await make_auth()
+    await auth.authenticate(bearer(key), None)  # cached while active
+    async with db_pool.acquire() as conn, conn.transaction():
+        # What the billing webhook processor does on invoice.payment_failed.
+        await conn.execute(
+            "INSERT INTO billing_tenant_state (tenant_id, suspended_by_billing) VALUES ($1, true)", tenant.id
+        )
+        await set_tenant_status(conn, tenant.id, "suspended")
+    await rejected_within(auth, bearer(key), InsufficientQuotaError, 1.0)
+    with pytest.raises(InsufficientQuotaError) as caught:
+        await auth.authenticate(bearer(key), None)
+    assert caught.value.status_code == 429 and caught.value.code == "insufficient_quota"
