@@ -144,6 +144,31 @@ async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_token
     }
 
 
+async def fixed_costs(client: AsyncOpenAI, base_url: str, api_key: str, count: int) -> dict[str, Any]:
+    """Per-request costs without per-token ones: sequential calls, latency p50/p99 in ms.
+
+    /health is the HTTP path alone (CrossLogic: proxy -> ingress replica, no key); /v1/models adds
+    the key check; a 1-token non-streaming chat adds admission, routing and the engine hop.
+    """
+    root = base_url.removesuffix("/v1")
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {api_key}"}, timeout=60) as http:
+        for label, url in (("health", f"{root}/health"), ("models", f"{base_url}/models")):
+            samples = []
+            for _ in range(count):
+                started = time.perf_counter()
+                (await http.get(url)).raise_for_status()
+                samples.append((time.perf_counter() - started) * 1000)
+            out[label] = {"p50": round(quantile(samples, 0.5), 2), "p99": round(quantile(samples, 0.99), 2)}
+    samples = []
+    for _ in range(count // 2):
+        started = time.perf_counter()
+        await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=1)
+        samples.append((time.perf_counter() - started) * 1000)
+    out["chat_1_token"] = {"p50": round(quantile(samples, 0.5), 2), "p99": round(quantile(samples, 0.99), 2)}
+    return out
+
+
 async def run_workload(name: str, base_url: str, api_key: str, args: argparse.Namespace, tags: set[str]) -> dict[str, Any]:
     client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     try:
@@ -151,6 +176,12 @@ async def run_workload(name: str, base_url: str, api_key: str, args: argparse.Na
         for _ in range(args.warmup):
             await one_request(client, args.max_tokens)
         await asyncio.gather(*(one_request(client, args.max_tokens) for _ in range(max(args.levels))))
+        idle = CpuAccount(tags)
+        await asyncio.sleep(args.idle_s)
+        # What each process burns with no request at all (health checks, metrics, report loops).
+        idle_cpu = {g: round(v / args.idle_s, 3) for g, v in idle.used().items()}
+        fixed = await fixed_costs(client, base_url, api_key, args.probes)
+        log(f"{name}: idle CPU (cores) {idle_cpu}; fixed costs (ms) {fixed}")
         levels = []
         for concurrency in args.levels:
             total = max(args.min_requests, args.rounds * concurrency)
@@ -158,7 +189,8 @@ async def run_workload(name: str, base_url: str, api_key: str, args: argparse.Na
             log(f"{name}: {concurrency:>2} clients, {result['ok']}/{total} ok: TTFT p50 {result['ttft_ms']['p50']:.1f} ms, "
                 f"{result['output_tokens_per_s']:.1f} tok/s, cpu {result['cpu_s_by_process']}")
             levels.append(result)
-        out: dict[str, Any] = {"base_url": base_url, "levels": levels}
+        out: dict[str, Any] = {"base_url": base_url, "idle_cpu_cores": idle_cpu, "fixed_costs_ms": fixed,
+                               "levels": levels}
         if args.profile:
             out["profiled_level"] = await profiled_level(name, client, args, tags)
         return out
@@ -380,6 +412,8 @@ def main() -> None:
     parser.add_argument("--min-requests", type=int, default=16, help="at least this many requests per level")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos)")
     parser.add_argument("--warmup", type=int, default=3, help="sequential warm-up requests per target")
+    parser.add_argument("--idle-s", type=float, default=10.0, help="seconds of idle CPU measurement per target")
+    parser.add_argument("--probes", type=int, default=100, help="sequential /health and /v1/models calls per target")
     parser.add_argument("--profile", action="store_true",
                         help="after the measured levels, run the top level again under py-spy (profiles in results/profiles)")
     parser.add_argument("--targets", nargs="+", default=["bare", "crosslogic"], choices=["bare", *VARIANTS])
@@ -412,6 +446,11 @@ def main() -> None:
         comparison[variant] = compare(results["bare_vllm"], results[variant])
         print(f"\n== bare vLLM vs {variant} {VARIANTS[variant] or ''}")
         print_table(results["bare_vllm"], results[variant], comparison[variant])
+        for probe, bare in results["bare_vllm"]["fixed_costs_ms"].items():
+            ours = results[variant]["fixed_costs_ms"][probe]
+            print(f"  sequential {probe:13s} p50 {bare['p50']:7.2f} / {ours['p50']:7.2f} ms  (+{ours['p50'] - bare['p50']:.2f})")
+        idle = {k: sum(r["idle_cpu_cores"].values()) for k, r in (("bare", results["bare_vllm"]), ("ours", results[variant]))}
+        print(f"  idle CPU, all processes of the target: {idle['bare']:.2f} / {idle['ours']:.2f} cores")
     settings = {**vars(args), "output": str(args.output), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
                 "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
                            "env": ENGINE_ENV},
