@@ -22,6 +22,7 @@ import psutil
 TAG = "CROSSLOGIC_LOCAL_CLUSTER_ID"
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 CLIENT = "benchmark client"
+OUTSIDE = "outside (other processes)"
 
 
 def _tagged(proc: psutil.Process, tags: set[str]) -> bool:
@@ -91,7 +92,7 @@ class CpuAccount:
         for pid, (group, cpu) in end.items():
             groups[group] += cpu - self._start.get(pid, (group, 0.0))[1]
         ours = sum(groups.values())
-        groups["outside (other processes)"] = max(0.0, busy - ours)
+        groups[OUTSIDE] = max(0.0, busy - ours)
         return {g: round(s, 2) for g, s in groups.most_common() if s >= 0.05}
 
 
