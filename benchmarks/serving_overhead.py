@@ -28,7 +28,7 @@ import signal
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,28 @@ import psutil
 from openai import AsyncOpenAI
 
 from process_probe import CLIENT, OUTSIDE, CpuAccount, Profiler, find_processes
-from serving_targets import ENGINE_ENV, MODEL, bare_vllm, crosslogic_target, log
+from serving_targets import ENGINE_ENV, MODEL, Variant, bare_vllm, crosslogic_target, log
 from crosslogic.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving_overhead.json"
 # Processes profiled with --profile: the serving path of each target (vLLM's worker is torch compute).
 PROFILED = {"vllm api_server", "VLLM::EngineCore", "ProxyActor", "ServeReplica:crosslogic:ingress",
             f"ServeReplica:crosslogic:engine-{MODEL}"}
-# CrossLogic as deployed, and with Ray Serve's throughput-optimised mode (gRPC between handles and
+# CrossLogic as deployed; with Ray Serve's throughput-optimised mode (gRPC between handles and
 # replicas, user code and router on the replica's main loop, buffered request logs, frozen GC) but
-# keeping the HTTP proxy (direct ingress would move the port to the ingress replica). Env of `ray start`.
-VARIANTS: dict[str, dict[str, str]] = {
-    "crosslogic": {},
-    "crosslogic_tuned": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
+# keeping the HTTP proxy (direct ingress would move the port to the ingress replica); and with vLLM's
+# `stream_interval` (a chunk every N tokens; the first token still goes out alone, so TTFT is kept),
+# which divides the messages crossing the two Ray hops per token by N.
+_TUNED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+VARIANTS: dict[str, Variant] = {
+    "crosslogic": Variant(),
+    "crosslogic_tuned": Variant(ray_env=_TUNED_ENV),
+    "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
+    "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
 }
+# Bare vLLM targets: result key -> stream interval. Each CrossLogic variant is compared with the
+# bare server of the same stream interval when that one ran, else with plain bare vLLM.
+BARE = {"bare_vllm": 1, "bare_vllm_stream4": 4}
 PROMPT = (
     "You are helping plan a small vegetable garden. List the vegetables that grow well in partial shade, "
     "explain how often each should be watered, and suggest which ones can share a bed. Keep the answer short."
@@ -200,10 +208,17 @@ async def profiled_level(name: str, client: AsyncOpenAI, args: argparse.Namespac
     return {**result, "profiles": profiles}
 
 
-def run_crosslogic(workdir: Path, args: argparse.Namespace, name: str, ray_env: dict[str, str]) -> dict[str, Any]:
-    with crosslogic_target(workdir, ray_env) as target:
+def run_crosslogic(workdir: Path, args: argparse.Namespace, name: str, variant: Variant) -> dict[str, Any]:
+    with crosslogic_target(workdir, variant) as target:
         result = asyncio.run(run_workload(name, target.base_url, target.api_key, args, {target.tag}))
-    return {**result, "database": target.database, "ray_env": ray_env}
+    return {**result, "database": target.database, "variant": asdict(variant)}
+
+
+def run_bare(workdir: Path, args: argparse.Namespace, name: str, model_path: str) -> dict[str, Any]:
+    tag = f"bench-{uuid.uuid4().hex}"
+    with bare_vllm(model_path, workdir, tag, stream_interval=BARE[name]) as base_url:
+        result = asyncio.run(run_workload(name, base_url, "EMPTY", args, {tag}))
+    return {**result, "stream_interval": BARE[name]}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -234,6 +249,16 @@ def print_table(bare: dict[str, Any], crosslogic: dict[str, Any], rows: list[dic
               + f" | {r['ttft_overhead_ms_p50']:9.1f} | {r['throughput_ratio'] or 0:10.3f}")
 
 
+def report(bare_name: str, bare: dict[str, Any], name: str, ours: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    print(f"\n== {bare_name} vs {name} {VARIANTS[name]}")
+    print_table(bare, ours, rows)
+    for probe, b in bare["fixed_costs_ms"].items():
+        o = ours["fixed_costs_ms"][probe]
+        print(f"  sequential {probe:13s} p50 {b['p50']:7.2f} / {o['p50']:7.2f} ms  (+{o['p50'] - b['p50']:.2f})")
+    idle = [sum(v for g, v in r["idle_cpu_cores"].items() if g not in (OUTSIDE, CLIENT)) for r in (bare, ours)]
+    print(f"  idle CPU, all processes of the target: {idle[0]:.2f} / {idle[1]:.2f} cores")
+
+
 def machine_info() -> dict[str, Any]:
     import ray
     import vllm
@@ -260,7 +285,8 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=100, help="sequential /health and /v1/models calls per target")
     parser.add_argument("--profile", action="store_true",
                         help="after the measured levels, run the top level again under py-spy (profiles in results/profiles)")
-    parser.add_argument("--targets", nargs="+", default=["bare", "crosslogic"], choices=["bare", *VARIANTS])
+    parser.add_argument("--targets", nargs="+", default=["bare_vllm", "crosslogic"], choices=[*BARE, *VARIANTS],
+                        help="run in this order, one at a time")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
 
@@ -277,25 +303,19 @@ def main() -> None:
     started = time.monotonic()
     results: dict[str, Any] = {}
     try:
-        if "bare" in args.targets:
-            tag = f"bench-{uuid.uuid4().hex}"
-            with bare_vllm(model_path, workdir, tag) as base_url:
-                results["bare_vllm"] = asyncio.run(run_workload("bare vLLM", base_url, "EMPTY", args, {tag}))
-        for variant in (t for t in args.targets if t in VARIANTS):
-            results[variant] = run_crosslogic(workdir, args, variant, VARIANTS[variant])
+        for target in args.targets:
+            if target in BARE:
+                results[target] = run_bare(workdir, args, target, model_path)
+            else:
+                results[target] = run_crosslogic(workdir, args, target, VARIANTS[target])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     comparison: dict[str, Any] = {}
-    for variant in (v for v in VARIANTS if v in results and "bare_vllm" in results):
-        comparison[variant] = compare(results["bare_vllm"], results[variant])
-        print(f"\n== bare vLLM vs {variant} {VARIANTS[variant] or ''}")
-        print_table(results["bare_vllm"], results[variant], comparison[variant])
-        for probe, bare in results["bare_vllm"]["fixed_costs_ms"].items():
-            ours = results[variant]["fixed_costs_ms"][probe]
-            print(f"  sequential {probe:13s} p50 {bare['p50']:7.2f} / {ours['p50']:7.2f} ms  (+{ours['p50'] - bare['p50']:.2f})")
-        idle = {k: sum(v for g, v in r["idle_cpu_cores"].items() if g not in (OUTSIDE, CLIENT))
-                for k, r in (("bare", results["bare_vllm"]), ("ours", results[variant]))}
-        print(f"  idle CPU, all processes of the target: {idle['bare']:.2f} / {idle['ours']:.2f} cores")
+    for variant in (v for v in VARIANTS if v in results):
+        matched = "bare_vllm_stream4" if VARIANTS[variant].engine_kwargs.get("stream_interval") == 4 else "bare_vllm"
+        for bare_name in dict.fromkeys(b for b in (matched, "bare_vllm") if b in results):
+            comparison[f"{variant}_vs_{bare_name}"] = compare(results[bare_name], results[variant])
+            report(bare_name, results[bare_name], variant, results[variant], comparison[f"{variant}_vs_{bare_name}"])
     settings = {**vars(args), "output": str(args.output), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
                 "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
                            "env": ENGINE_ENV},

@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m"
 MACHINE_PG = "postgresql://postgres@127.0.0.1:5432/test"
 ENGINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_USE_AOT_COMPILE": "0"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A CrossLogic deployment variant: env of `ray start`, and vLLM arguments added to the model's."""
+
+    ray_env: dict[str, str] = field(default_factory=dict)
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def log(message: str) -> None:
@@ -57,12 +65,12 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log_
 
 
 @contextlib.contextmanager
-def bare_vllm(model_path: str, workdir: Path, tag: str) -> Iterator[str]:
+def bare_vllm(model_path: str, workdir: Path, tag: str, stream_interval: int = 1) -> Iterator[str]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
         "--served-model-name", MODEL, "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager",
-        "--max-num-seqs", "32", "--host", "127.0.0.1", "--port", str(port),
+        "--max-num-seqs", "32", "--host", "127.0.0.1", "--port", str(port), "--stream-interval", str(stream_interval),
     ]
     env = {**os.environ, **ENGINE_ENV, TAG: tag}
     log_path = workdir / "vllm-server.log"
@@ -125,27 +133,28 @@ async def issue_key(dsn: str, home: Path) -> str:
         await pool.close()
 
 
-def bench_config(http_port: int) -> dict[str, Any]:
+def bench_config(http_port: int, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"]["port"] = http_port
     app = config["applications"][0]
     app["args"]["models"] = [m for m in app["args"]["models"] if m["served_name"] == MODEL]
     app["args"]["models"][0]["num_replicas"] = 1
+    app["args"]["models"][0]["engine"].setdefault("engine_kwargs", {}).update(engine_kwargs)
     return config
 
 
 @contextlib.contextmanager
-def _ray_stack(workdir: Path, dsn: str, cluster: LocalRayCluster, ray_env: dict[str, str]) -> Iterator[tuple[str, str]]:
+def _ray_stack(workdir: Path, dsn: str, cluster: LocalRayCluster, variant: Variant) -> Iterator[tuple[str, str]]:
     api_key = asyncio.run(issue_key(dsn, workdir / "home"))
     http_port = free_port()
     config_path = workdir / "serve_config.bench.yaml"
-    config_path.write_text(yaml.safe_dump(bench_config(http_port)))
+    config_path.write_text(yaml.safe_dump(bench_config(http_port, variant.engine_kwargs)))
     # Every Ray process inherits these from `ray start`: the replicas find the database and secret.
-    env = {"DATABASE_URL": dsn, "CROSSLOGIC_ADMIN_JWT_SECRET": secrets.token_urlsafe(48), **ray_env}
+    env = {"DATABASE_URL": dsn, "CROSSLOGIC_ADMIN_JWT_SECRET": secrets.token_urlsafe(48), **variant.ray_env}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        log(f"CrossLogic: starting Ray head on {cluster.address} (extra env {ray_env or 'none'})")
+        log(f"CrossLogic: starting Ray head on {cluster.address} ({variant})")
         cluster.start()
         cluster.deploy(config_path)
         base = f"http://127.0.0.1:{http_port}"
@@ -172,7 +181,7 @@ class CrossLogicTarget:
 
 
 @contextlib.contextmanager
-def crosslogic_target(workdir: Path, ray_env: dict[str, str]) -> Iterator[CrossLogicTarget]:
+def crosslogic_target(workdir: Path, variant: Variant) -> Iterator[CrossLogicTarget]:
     """The stack on a throw-away database (the shared one's migrations and tenants stay untouched)."""
     from crosslogic.storage.embedded import start_embedded, stop_embedded
     from crosslogic.storage.pool import dsn_with_database
@@ -186,7 +195,7 @@ def crosslogic_target(workdir: Path, ray_env: dict[str, str]) -> Iterator[CrossL
     asyncio.run(on_server(server, f'CREATE DATABASE "{database}"'))
     cluster = LocalRayCluster(gcs_port=free_port(), dashboard_port=free_port(), num_cpus=4, temp_dir=str(workdir / "ray"))
     try:
-        with _ray_stack(workdir, dsn_with_database(server, database), cluster, ray_env) as (base_url, api_key):
+        with _ray_stack(workdir, dsn_with_database(server, database), cluster, variant) as (base_url, api_key):
             yield CrossLogicTarget(base_url, api_key, cluster.cluster_id, "embedded" if embedded else "server")
     finally:
         asyncio.run(on_server(server, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
