@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -127,13 +128,16 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from crosslogic.localstack.ray_cluster import LocalRayCluster, kill_tagged_processes
+    from crosslogic.localstack.ray_cluster import kill_tagged_processes, ray_env
     from crosslogic.storage.embedded import stop_embedded
 
     settings = Settings.from_env()
     _say("stopping Serve, Ray and the engines")
-    LocalRayCluster(dashboard_port=args.dashboard_port).stop()
-    kill_tagged_processes(None)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "serve"), "shutdown", "-y", "-a", f"http://127.0.0.1:{args.dashboard_port}"],
+        env=ray_env(), capture_output=True, text=True, timeout=120,
+    )
+    kill_tagged_processes(None, grace_s=10.0)
     if settings.database_url is None:
         _say("stopping embedded PostgreSQL")
         stop_embedded(settings.pgdata_dir)

@@ -1,4 +1,4 @@
-"""A local Ray head driven through Ray's own CLI (`ray start`, `serve deploy`, `ray stop`).
+"""A local Ray head driven through Ray's own CLI (`ray start`, `serve deploy`), stopped by its own processes.
 
 Used by `crosslogic local up` and by the end-to-end tests. Everything stays on loopback: Ray binds
 the machine's routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set for every Ray
@@ -115,38 +115,48 @@ class LocalRayCluster:
         return result.stdout
 
     def stop(self) -> None:
-        """Shut down gracefully (engines stop their vLLM processes), then make sure nothing is left.
+        """Shut down gracefully (engines stop their vLLM processes), then end this cluster's processes.
 
-        vLLM's engine-core processes are children of the replica actors and outlive a killed actor:
-        without the sweep, every forced stop would leak a few GB of RAM per engine.
+        Never `ray stop`: it ends every Ray cluster on the machine (a developer's `make run` while
+        `make test` runs, another test session). Every process of this cluster carries our tag in its
+        environment (inherited from `ray start`): raylet, GCS, dashboard, workers, and vLLM's
+        engine-core processes, which would otherwise outlive a killed replica by several GB each.
         """
-        env = ray_env()
         subprocess.run(
             [_bin("serve"), "shutdown", "-y", "-a", self.dashboard_url],
-            env=env, capture_output=True, text=True, timeout=120,
+            env=ray_env(), capture_output=True, text=True, timeout=120,
         )
-        subprocess.run([_bin("ray"), "stop"], env=env, capture_output=True, text=True, timeout=120)
-        subprocess.run([_bin("ray"), "stop", "--force"], env=env, capture_output=True, text=True, timeout=60)
-        kill_tagged_processes(self.cluster_id)
+        kill_tagged_processes(self.cluster_id, grace_s=10.0)
 
 
-def kill_tagged_processes(cluster_id: str | None) -> int:
-    """Kill what a local cluster left behind: processes carrying its tag (any local cluster's when
-    `cluster_id` is None)."""
+def kill_tagged_processes(cluster_id: str | None, grace_s: float = 0.0) -> int:
+    """End the processes of a local cluster (of every cluster `crosslogic` started when `cluster_id`
+    is None): SIGTERM, then SIGKILL for those still alive after `grace_s`."""
     import psutil
 
-    killed = 0
+    tagged = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.pid == os.getpid():
                 continue
             tag = proc.environ().get(_CLUSTER_TAG)
             if tag is not None and (cluster_id is None or tag == cluster_id):
-                proc.kill()
-                killed += 1
+                tagged.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return killed
+    for proc in tagged:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(tagged, timeout=grace_s) if grace_s > 0 else ([], tagged)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=5)
+    return len(tagged)
 
 
 def wait_ready(base_url: str, timeout_s: float, progress: Progress | None = None) -> dict[str, object]:
