@@ -55,6 +55,8 @@ VARIANTS: dict[str, Variant] = {
     "crosslogic_tuned": Variant(ray_env=_TUNED_ENV),
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
+    # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).
+    "crosslogic_redis": Variant(ray_env={"REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"}),
 }
 # Bare vLLM targets: result key -> stream interval. Each CrossLogic variant is compared with the
 # bare server of the same stream interval when that one ran, else with plain bare vLLM.
@@ -320,7 +322,8 @@ def main() -> None:
                 "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
                            "env": ENGINE_ENV},
                 "targets_run": "one after the other, each warmed up first",
-                "crosslogic_rate_limit_backend": "redis (REDIS_URL)" if os.environ.get("REDIS_URL") else "in-cluster Ray actor"}
+                "crosslogic_rate_limit_backend": "redis (REDIS_URL)" if os.environ.get("REDIS_URL") else
+                "in-cluster Ray actor (crosslogic_redis: Redis)"}
     duration = round(time.monotonic() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("w") as out:
