@@ -133,7 +133,8 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
         await asyncio.gather(*(one(i) for i in range(total)))
     print(f"{total} requests in {time.monotonic() - started:.1f}s: {outcomes}")
     assert outcomes["other"] == 0, outcomes
-    assert outcomes["cancelled"] > 200 and outcomes["engine_error"] > 40 and outcomes["ok"] > 400
+    # Every path was taken: finished, hung up mid-stream, refused by the engine.
+    assert outcomes["cancelled"] > 50 and outcomes["engine_error"] > 10 and outcomes["ok"] > 100, outcomes
     deadline = time.monotonic() + 1.0
     while (state := _leases(serve_stack, key_id))["active_leases"] and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -143,7 +144,8 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
 def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_driver: Any) -> None:
     _, key_id, secret = _limited_key(serve_stack, "replica-killed", max_concurrency=4)
     headers = {"authorization": f"Bearer {secret}"}
-    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    # Bounded: the killed replicas cannot cancel these generations (see the wait at the end).
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 300, "ignore_eos": True, "stream": True}
     streams = [httpx.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body, headers=headers, timeout=120) for _ in range(2)]
     opened = [s.__enter__() for s in streams]
     # Keep the line iterators referenced: a discarded one closes its connection (a client hang-up).
@@ -180,4 +182,10 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
     assert time.monotonic() - killed_at >= lease_ttl_s * 2 / 3 - 0.5
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not serve_stack.ready().get("ready"):
+        time.sleep(1)
+    # A generation whose ingress died runs to max_tokens (no caller is left to cancel it): wait for
+    # the engines to drain so later tests start from idle.
+    while time.monotonic() < deadline and any(
+        r["in_flight"] for r in serve_stack.engine_replicas().values()
+    ):
         time.sleep(1)

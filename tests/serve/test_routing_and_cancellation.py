@@ -15,7 +15,7 @@ from tests.serve.conftest import CHAT_MODEL, ServeStack
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
-def _wait_idle(stack: ServeStack, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+def _wait_idle(stack: ServeStack, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     replicas: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
@@ -41,7 +41,7 @@ async def test_requests_spread_over_both_replicas(serve_stack: ServeStack) -> No
 
 
 async def test_client_cancel_mid_stream_aborts_engine_request(serve_stack: ServeStack) -> None:
-    _wait_idle(serve_stack)
+    _wait_idle(serve_stack, timeout_s=120)  # whatever earlier tests left running
     async with httpx.AsyncClient(timeout=60) as http:
         for _ in range(3):
             async with http.stream(
@@ -85,7 +85,7 @@ def test_router_actor_restart_rebuilds_from_reports(serve_stack: ServeStack, ray
 
 async def test_replica_death_is_retried_before_first_token(serve_stack: ServeStack, ray_driver: Any) -> None:
     """Kill one engine replica; requests routed to it before Serve notices are retried elsewhere."""
-    _wait_idle(serve_stack)
+    _wait_idle(serve_stack, timeout_s=120)
     replica_ids = list(serve_stack.engine_replicas())
     victim_id = replica_ids[0]
     victim = None
