@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -177,7 +178,15 @@ def run_serve(args: argparse.Namespace, tag: str) -> dict[str, Any]:
         ray.shutdown()
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # Ctrl-C must reach the finally blocks that stop the server and Ray (asyncio.run's own handler
+    # only cancels a task, which the HTTP client may swallow).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="sequential requests per measurement")
     parser.add_argument("--chunks", type=int, default=64, help="chunks per streamed response (one per token)")
