@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -32,8 +33,7 @@ def register(subparsers: Any) -> None:
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for the stack")
     up.add_argument("--no-wait", action="store_true", help="return once ready instead of staying up")
     up.set_defaults(handler=_up)
-    down = sub.add_parser("down", help="stop a stack left running (`up --no-wait`): Serve, Ray, engines, database")
-    down.add_argument("--dashboard-port", type=int, default=8265)
+    down = sub.add_parser("down", help="stop the stack `up --no-wait` left running: Serve, Ray, engines, database")
     down.set_defaults(handler=_down)
 
 
@@ -74,16 +74,27 @@ async def _database(settings: Settings) -> tuple[str, str]:
     return dsn, secret
 
 
+def _base_url(config_path: Path) -> str:
+    import yaml
+
+    http = (yaml.safe_load(config_path.read_text()) or {}).get("http_options") or {}
+    return f"http://{http.get('host', '127.0.0.1')}:{int(http.get('port', 8000))}"
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.home / "local-stack.json"
+
+
 def _up(args: argparse.Namespace) -> int:
     from crosslogic.admin.local_secret import load_or_create_local_secret
     from crosslogic.localstack.ray_cluster import LocalRayCluster, wait_ready
-    from crosslogic.storage.embedded import stop_embedded
 
     settings = Settings.from_env()
     settings.home.mkdir(parents=True, exist_ok=True)
     config_path = Path(args.config).resolve()
     if not config_path.exists():
-        raise ConfigError(f"{config_path} not found")
+        print(f"crosslogic: {config_path} not found", file=sys.stderr)
+        return 1
     started = time.monotonic()
     embedded = settings.database_url is None
     cluster = LocalRayCluster(gcs_port=args.ray_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
@@ -91,6 +102,7 @@ def _up(args: argparse.Namespace) -> int:
     # that starts us in the background leaves SIGINT ignored.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
+    keep_running = False
     try:
         _say(f"home: {settings.home}")
         _prepare_models(config_path, settings)
@@ -103,44 +115,56 @@ def _up(args: argparse.Namespace) -> int:
         os.environ["CROSSLOGIC_HOME"] = str(settings.home)
         _say(f"starting Ray head on 127.0.0.1:{args.ray_port}")
         cluster.start()
+        base = _base_url(config_path)
+        # `crosslogic local down` stops exactly this stack, never another Ray cluster on the machine.
+        _state_path(settings).write_text(json.dumps({
+            "cluster_id": cluster.cluster_id, "dashboard_url": cluster.dashboard_url,
+            "base_url": base, "embedded_db": embedded,
+        }))
         _say(f"deploying {config_path.name}")
         cluster.deploy(config_path)
-        base = "http://127.0.0.1:8000"
         wait_ready(base, timeout_s=args.timeout, progress=lambda m: _say(f"waiting {m}"))
         _print_banner(base, cluster.dashboard_url, api_key, time.monotonic() - started)
         if args.no_wait:
+            keep_running = True
             return 0
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    except ConfigError as exc:
+    except (ConfigError, TimeoutError) as exc:
         print(f"crosslogic: {exc}", file=sys.stderr)
         return 1
     finally:
-        if not getattr(args, "no_wait", False) or sys.exc_info()[0] is not None:
-            _say("stopping Ray and the engines")
-            cluster.stop()
-            if embedded:
-                _say("stopping embedded PostgreSQL")
-                stop_embedded(settings.pgdata_dir)
+        if not keep_running:
+            _stop(settings, cluster.cluster_id, cluster.dashboard_url, embedded)
     return 0
 
 
-def _down(args: argparse.Namespace) -> int:
+def _stop(settings: Settings, cluster_id: str, dashboard_url: str, embedded: bool) -> None:
     from crosslogic.localstack.ray_cluster import kill_tagged_processes, ray_env
     from crosslogic.storage.embedded import stop_embedded
 
-    settings = Settings.from_env()
     _say("stopping Serve, Ray and the engines")
     subprocess.run(
-        [str(Path(sys.executable).parent / "serve"), "shutdown", "-y", "-a", f"http://127.0.0.1:{args.dashboard_port}"],
+        [str(Path(sys.executable).parent / "serve"), "shutdown", "-y", "-a", dashboard_url],
         env=ray_env(), capture_output=True, text=True, timeout=120,
     )
-    kill_tagged_processes(None, grace_s=10.0)
-    if settings.database_url is None:
+    kill_tagged_processes(cluster_id, grace_s=10.0)
+    if embedded:
         _say("stopping embedded PostgreSQL")
         stop_embedded(settings.pgdata_dir)
+    _state_path(settings).unlink(missing_ok=True)
+
+
+def _down(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    path = _state_path(settings)
+    if not path.exists():
+        print(f"crosslogic: no local stack recorded in {path}", file=sys.stderr)
+        return 1
+    state = json.loads(path.read_text())
+    _stop(settings, state["cluster_id"], state["dashboard_url"], bool(state["embedded_db"]))
     return 0
 
 
