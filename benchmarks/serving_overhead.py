@@ -9,9 +9,12 @@ In one run, one target after the other (never two engines at once: the machine h
 Each target is warmed up, then every concurrency level runs a fixed number of streaming chat requests
 with a fixed prompt and exactly `--max-tokens` output tokens (`ignore_eos`), through the official
 `openai` client. Per level: TTFT and request latency p50/p99, aggregate output tokens/s, and the CPU
-seconds each process group used (where the 2 cores went).
+seconds each process group used (where the 2 cores went). Per target also: idle CPU, and sequential
+fixed costs (GET /health, GET /v1/models, a 1-token chat). `--targets` adds variants (see VARIANTS:
+Serve's throughput mode, vLLM's stream_interval, Redis rate limits); `--profile` adds py-spy profiles.
 
     .venv/bin/python benchmarks/serving_overhead.py [--levels 1 8 16] [--rounds 4] [--max-tokens 64]
+    .venv/bin/python benchmarks/serving_overhead.py --targets bare_vllm crosslogic crosslogic_stream4
 
 Prints a side-by-side table and writes benchmarks/results/serving_overhead.json.
 """
