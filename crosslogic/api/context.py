@@ -51,12 +51,13 @@ class ApiContext:
         )
 
 
-def get_context(request: Request) -> ApiContext:
+# async: FastAPI runs sync dependencies in a thread pool (a thread hop per request each).
+async def get_context(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.api
     return ctx
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     # Ray Serve's proxy sets x-request-id (the client's, or a fresh one) and echoes it on the response.
     rid = request.headers.get("x-request-id")
     if rid and len(rid) <= 128:
