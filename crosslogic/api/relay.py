@@ -16,7 +16,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from crosslogic.api.gateway import Gateway
 from crosslogic.engine.base import CHUNK, ERROR, RESPONSE, USAGE, Endpoint, EngineEvent
@@ -26,6 +28,22 @@ from crosslogic.routing.hints import RoutingHints
 logger = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes the body iterator on every exit, cancellation included.
+
+    Starlette cancels the sending task when the client disconnects; if that lands in `send()`
+    rather than inside our generator, the generator is left suspended and its `finally` (which
+    settles the lease and writes usage) would only run whenever garbage collection finalises it.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(RuntimeError):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 class Outcome:
@@ -135,7 +153,7 @@ async def relay(
             return await _collect(first, events, outcome, headers)
         finally:
             await finish()
-    return StreamingResponse(
+    return _ClosingStreamingResponse(
         _stream(first, events, outcome, finish, request_id),
         media_type="text/event-stream",
         headers={**_SSE_HEADERS, **(headers or {})},
