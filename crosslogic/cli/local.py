@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,15 +141,11 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _stop(settings: Settings, cluster_id: str, dashboard_url: str, embedded: bool) -> None:
-    from crosslogic.localstack.ray_cluster import kill_tagged_processes, ray_env
+    from crosslogic.localstack.ray_cluster import stop_cluster
     from crosslogic.storage.embedded import stop_embedded
 
     _say("stopping Serve, Ray and the engines")
-    subprocess.run(
-        [str(Path(sys.executable).parent / "serve"), "shutdown", "-y", "-a", dashboard_url],
-        env=ray_env(), capture_output=True, text=True, timeout=120,
-    )
-    kill_tagged_processes(cluster_id, grace_s=10.0)
+    stop_cluster(cluster_id, dashboard_url)
     if embedded:
         _say("stopping embedded PostgreSQL")
         stop_embedded(settings.pgdata_dir)

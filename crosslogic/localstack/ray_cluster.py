@@ -122,16 +122,21 @@ class LocalRayCluster:
         environment (inherited from `ray start`): raylet, GCS, dashboard, workers, and vLLM's
         engine-core processes, which would otherwise outlive a killed replica by several GB each.
         """
-        subprocess.run(
-            [_bin("serve"), "shutdown", "-y", "-a", self.dashboard_url],
-            env=ray_env(), capture_output=True, text=True, timeout=120,
-        )
-        kill_tagged_processes(self.cluster_id, grace_s=10.0)
+        stop_cluster(self.cluster_id, self.dashboard_url)
 
 
-def kill_tagged_processes(cluster_id: str | None, grace_s: float = 0.0) -> int:
-    """End the processes of a local cluster (of every cluster `crosslogic` started when `cluster_id`
-    is None): SIGTERM, then SIGKILL for those still alive after `grace_s`."""
+def stop_cluster(cluster_id: str, dashboard_url: str) -> None:
+    """`LocalRayCluster.stop` for a cluster known only by its recorded id (`crosslogic local down`)."""
+    subprocess.run(
+        [_bin("serve"), "shutdown", "-y", "-a", dashboard_url],
+        env=ray_env(), capture_output=True, text=True, timeout=120,
+    )
+    kill_tagged_processes(cluster_id, grace_s=10.0)
+
+
+def kill_tagged_processes(cluster_id: str, grace_s: float = 0.0) -> int:
+    """End the processes of one local cluster: SIGTERM, then SIGKILL for those still alive after
+    `grace_s`."""
     import psutil
 
     tagged = []
@@ -140,7 +145,7 @@ def kill_tagged_processes(cluster_id: str | None, grace_s: float = 0.0) -> int:
             if proc.pid == os.getpid():
                 continue
             tag = proc.environ().get(_CLUSTER_TAG)
-            if tag is not None and (cluster_id is None or tag == cluster_id):
+            if tag == cluster_id:
                 tagged.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
