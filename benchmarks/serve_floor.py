@@ -5,7 +5,10 @@ topology alone costs on this machine, with a stand-in engine that yields its chu
 
   plain  : one uvicorn + FastAPI process streaming the chunks itself (what vLLM's server does);
   serve  : Serve's HTTP proxy -> a FastAPI ingress deployment -> a streaming handle call to an
-           "engine" deployment (CrossLogic's shape: two Ray hops per chunk).
+           "engine" deployment (CrossLogic's shape: two Ray hops per chunk);
+  serve_grpc : the same topology with Serve's gRPC transport on both hops (the proxy with
+           RAY_SERVE_PROXY_USE_GRPC=1, the ingress's handle with `_by_reference=False`) instead of
+           Ray actor calls with one object per streamed item.
 
 Sequential requests; per target: GET /health latency, time to the first streamed chunk, what each
 further chunk adds beyond the pacing (chunks come `--pace-ms` apart, like decode steps, so none are
@@ -143,7 +146,9 @@ def run_plain(args: argparse.Namespace, tag: str) -> dict[str, Any]:
         proc.wait(timeout=30)
 
 
-def run_serve(args: argparse.Namespace, tag: str) -> dict[str, Any]:
+def run_serve(args: argparse.Namespace, tag: str, grpc: bool = False) -> dict[str, Any]:
+    # Read by every Serve process at import: set before the cluster (and its workers) start.
+    os.environ["RAY_SERVE_PROXY_USE_GRPC"] = "1" if grpc else "0"
     os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", TAG: tag})
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -162,7 +167,7 @@ def run_serve(args: argparse.Namespace, tag: str) -> dict[str, Any]:
     @serve.ingress(app)
     class Ingress:
         def __init__(self, engine: Any) -> None:
-            handle = engine.options(stream=True)
+            handle = engine.options(stream=True, _by_reference=not grpc)
             app.state.source = lambda n, pace_ms: handle.generate.remote(n, pace_ms)
 
     # address="local" starts a fresh head; its GCS takes a random free port (never 6379).
@@ -193,8 +198,15 @@ def main() -> None:
     parser.add_argument("--stream-requests", type=int, default=30, help="sequential streamed requests")
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle CPU measurement, subtracted")
     parser.add_argument("--pace-ms", type=float, default=10.0, help="time between chunks, like a decode step")
+    parser.add_argument("--targets", nargs="+", default=["plain", "serve", "serve_grpc"],
+                        choices=["plain", "serve", "serve_grpc"])
     args = parser.parse_args()
-    results = {"plain": run_plain(args, f"floor-{uuid.uuid4().hex}"), "serve": run_serve(args, f"floor-{uuid.uuid4().hex}")}
+    runners = {
+        "plain": lambda: run_plain(args, f"floor-{uuid.uuid4().hex}"),
+        "serve": lambda: run_serve(args, f"floor-{uuid.uuid4().hex}"),
+        "serve_grpc": lambda: run_serve(args, f"floor-{uuid.uuid4().hex}", grpc=True),
+    }
+    results = {name: runners[name]() for name in args.targets}
     print(f"{'':8s} {'health p50':>11s} {'1st chunk p50':>14s} {'+ per chunk p50':>15s} {'server CPU/chunk':>17s}")
     for name, r in results.items():
         print(f"{name:8s} {r['health_ms']['p50']:9.2f}ms {r['first_chunk_ms']['p50']:12.2f}ms "

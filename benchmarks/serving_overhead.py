@@ -40,7 +40,7 @@ import psutil
 from openai import AsyncOpenAI
 
 from process_probe import CLIENT, OUTSIDE, CpuAccount, Profiler, find_processes
-from serving_targets import ENGINE_ENV, MODEL, Variant, bare_vllm, crosslogic_target, log
+from serving_targets import ENGINE_ENV, MODEL, Variant, bare_vllm, bench_dtype, crosslogic_target, log
 from crosslogic.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving_overhead.json"
@@ -322,7 +322,7 @@ def main() -> None:
             comparison[f"{variant}_vs_{bare_name}"] = compare(results[bare_name], results[variant])
             report(bare_name, results[bare_name], variant, results[variant], comparison[f"{variant}_vs_{bare_name}"])
     settings = {**vars(args), "output": str(args.output), "model": MODEL, "model_path": model_path, "prompt": PROMPT,
-                "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
+                "engine": {"dtype": bench_dtype(), "max_model_len": 2048, "enforce_eager": True, "max_num_seqs": 32,
                            "env": ENGINE_ENV},
                 "targets_run": "one after the other, each warmed up first",
                 "crosslogic_rate_limit_backend": "redis (REDIS_URL)" if os.environ.get("REDIS_URL") else

@@ -65,11 +65,18 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log_
 
 
 @contextlib.contextmanager
+def bench_dtype() -> str:
+    """What serve_config's `dtype: auto` becomes on this CPU: both targets run the same dtype."""
+    from crosslogic.engine.cpu_dtype import cpu_flags, resolve_dtype
+
+    return resolve_dtype("auto", on_cpu=True, flags=cpu_flags())
+
+
 def bare_vllm(model_path: str, workdir: Path, tag: str, stream_interval: int = 1) -> Iterator[str]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-        "--served-model-name", MODEL, "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager",
+        "--served-model-name", MODEL, "--dtype", bench_dtype(), "--max-model-len", "2048", "--enforce-eager",
         "--max-num-seqs", "32", "--host", "127.0.0.1", "--port", str(port), "--stream-interval", str(stream_interval),
     ]
     env = {**os.environ, **ENGINE_ENV, TAG: tag}

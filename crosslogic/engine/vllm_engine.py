@@ -121,8 +121,11 @@ class VLLMEngine(Engine):
         from vllm.entrypoints.launchers.cli_args import make_arg_parser
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+        from crosslogic.engine.cpu_dtype import engine_dtype
+
         cfg = self._config
-        argv = ["--model", self._model_path, "--served-model-name", cfg.served_name, "--dtype", cfg.engine.dtype]
+        dtype = engine_dtype(cfg.engine.dtype)
+        argv = ["--model", self._model_path, "--served-model-name", cfg.served_name, "--dtype", dtype]
         if cfg.engine.max_model_len:
             argv += ["--max-model-len", str(cfg.engine.max_model_len)]
         if cfg.engine.enforce_eager:
