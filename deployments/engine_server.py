@@ -16,6 +16,7 @@ from crosslogic.engine.base import Endpoint, EngineEvent
 from crosslogic.engine.vllm_engine import VLLMEngine
 from crosslogic.routing.hints import RoutingHints
 from crosslogic.settings import Settings
+from deployments.logs import route_core_logs
 from deployments.router_actor import get_router
 
 logger = logging.getLogger("ray.serve")
@@ -23,6 +24,7 @@ logger = logging.getLogger("ray.serve")
 
 class EngineServer:
     async def __init__(self, model: dict[str, Any], router: dict[str, Any]) -> None:
+        route_core_logs()
         self._config = ModelDeploymentConfig.model_validate(model)
         self._router_config = RouterConfig.model_validate(router)
         path = resolve_model_source(self._config.source, Settings.from_env(), progress=logger.info)

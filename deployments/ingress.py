@@ -28,6 +28,7 @@ from crosslogic.settings import Settings
 from crosslogic.storage.pool import open_database
 from deployments.billing_actor import ensure_billing_running
 from deployments.gateway import ServeGateway
+from deployments.logs import route_core_logs
 from deployments.ratelimit_actor import ActorRateLimiter, RayRateLimitMetrics
 
 
@@ -38,6 +39,7 @@ BILLING_KEEPALIVE_S = 5.0
 @serve.ingress()
 class IngressServer:
     async def __init__(self, app_config: dict[str, Any], engines: dict[str, DeploymentHandle]) -> None:
+        route_core_logs()
         self._config = AppConfig.model_validate(app_config)
         self._settings = Settings.from_env()
         # Fails fast with one line (ConfigError) when PostgreSQL is unreachable or a migration fails;

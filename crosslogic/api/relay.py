@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from crosslogic.api.gateway import Gateway
 from crosslogic.engine.base import CHUNK, ERROR, RESPONSE, USAGE, Endpoint, EngineEvent
@@ -31,19 +31,36 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class _ClosingStreamingResponse(StreamingResponse):
-    """Closes the body iterator on every exit, cancellation included.
+    """Closes the body iterator and settles on every exit, cancellation included.
 
     Starlette cancels the sending task when the client disconnects; if that lands in `send()`
     rather than inside our generator, the generator is left suspended and its `finally` (which
     settles the lease and writes usage) would only run whenever garbage collection finalises it.
+    If the client is gone before the first chunk was pulled, the generator never started: closing
+    it runs no `finally` at all, so `on_close` closes the engine stream and settles instead (both
+    are idempotent; after a normal end they do nothing).
     """
 
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_or_disconnect() -> Message:
+            # A transport that can no longer deliver messages (Ray Serve cancels the proxy's
+            # receive task once the request ends) means the client is gone, not a server error.
+            try:
+                return await receive()
+            except Exception:
+                return {"type": "http.disconnect"}
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive_or_disconnect, send)
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(RuntimeError):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(RuntimeError):
+                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                await self._on_close()
 
 
 class Outcome:
@@ -153,8 +170,14 @@ async def relay(
             return await _collect(first, events, outcome, headers)
         finally:
             await finish()
+    async def close_unstarted() -> None:
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
+        await finish()
+
     return _ClosingStreamingResponse(
         _stream(first, events, outcome, finish, request_id),
+        close_unstarted,
         media_type="text/event-stream",
         headers={**_SSE_HEADERS, **(headers or {})},
     )

@@ -11,6 +11,14 @@ breaker and everything returns to the shared state. Admissions made locally sett
 Cancellation (a client disconnecting while we wait on Redis) must not leak: the backend call runs in a
 shielded task; if the caller is cancelled during admission, a granted lease is released in the
 background, and a settlement that was started always completes.
+
+A call that times out may still have run on the server (the reply was late, not lost; on a saturated
+2-core machine the ingress's own event loop is what makes it late). So nothing the primary did not
+confirm is dropped: a settlement that failed, or came while the breaker was open, is retried in the
+background until the primary confirms it; an admission that failed is compensated there too (settled
+to 0 tokens: its lease and reservation go, if it ran at all; its request stays counted, the safe
+direction). The scripts are idempotent per request id, so a retry never counts twice. Retries stop
+after `window_s + lease_ttl_s`, when everything they would undo has expired on its own.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from crosslogic.ratelimit.models import Admission, AdmissionRequest, Settlement,
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# First retry of an unconfirmed settlement: soon, since a late reply is the usual cause.
+_RETRY_FIRST_S = 0.1
 
 
 class FailoverRateLimiter(RateLimiter):
@@ -47,6 +57,14 @@ class FailoverRateLimiter(RateLimiter):
         self._probing = False
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._background: set[asyncio.Future[Any]] = set()
+        # request id -> (admission, tokens, give-up time): settlements the primary has not confirmed.
+        self._unsettled: dict[str, tuple[Admission, int, float]] = {}
+        self._retrier: asyncio.Task[None] | None = None
+
+    @property
+    def unsettled(self) -> int:
+        """Settlements waiting for the primary to confirm them (for tests and metrics)."""
+        return len(self._unsettled)
 
     @property
     def degraded(self) -> bool:
@@ -56,21 +74,29 @@ class FailoverRateLimiter(RateLimiter):
         self, operation: str, call: Callable[[], Awaitable[T]]
     ) -> tuple[bool, T | None]:
         """(True, result) from the primary, or (False, None) when it is down or just failed."""
+        outcome, result = await self._try_primary(operation, call)
+        return outcome == "ok", result
+
+    async def _try_primary(
+        self, operation: str, call: Callable[[], Awaitable[T]]
+    ) -> tuple[str, T | None]:
+        """("ok", result); ("skipped", None) with the breaker open (nothing sent); ("failed", None)
+        when the call was sent and failed (it may still have run on the server)."""
         probe = False
         if self._down_until is not None:
             if self._probing or time.monotonic() < self._down_until:
-                return False, None
+                return "skipped", None
             self._probing = probe = True
         try:
             result = await call()
         except RateLimitBackendError as exc:
             self._primary_failed(operation, exc)
-            return False, None
+            return "failed", None
         finally:
             if probe:
                 self._probing = False
         self._primary_ok()
-        return True, result
+        return "ok", result
 
     def _primary_ok(self) -> None:
         if self._down_until is not None:
@@ -113,9 +139,12 @@ class FailoverRateLimiter(RateLimiter):
             self._keep(asyncio.ensure_future(self._settle(admission, 0)))
 
     async def _admit(self, request: AdmissionRequest) -> Admission:
-        ok, admission = await self._on_primary("admit", lambda: self.primary.admit(request))
-        if ok and admission is not None:
+        outcome, admission = await self._try_primary("admit", lambda: self.primary.admit(request))
+        if outcome == "ok" and admission is not None:
             return admission
+        if outcome == "failed":
+            # Possibly admitted there after all: undo it once the primary answers again.
+            self._retry_settle(self._phantom(request), 0)
         self.metrics.record_fail_mode(decision=self.config.fail_mode)
         if self.config.fail_mode == "closed":
             raise ServiceUnavailableError(
@@ -144,7 +173,38 @@ class FailoverRateLimiter(RateLimiter):
             "settle", lambda: self.primary.settle(admission, actual_tokens))
         if ok and settlement is not None:
             return settlement
+        self._retry_settle(admission, actual_tokens)
         return Settlement(request_id=admission.request_id, ok=False)
+
+    def _phantom(self, request: AdmissionRequest) -> Admission:
+        """The admission the primary may have granted for `request` without our hearing of it."""
+        return Admission(
+            request_id=request.request_id, tenant_id=request.tenant.tenant_id,
+            key_id=request.key.id if request.key else None, admitted=True,
+            reserved_tokens=request.reserved_tokens, lease_ttl_s=request.lease_ttl_s,
+            backend=self.primary.backend_name,
+        )
+
+    def _retry_settle(self, admission: Admission, actual_tokens: int) -> None:
+        give_up_at = time.monotonic() + self.config.window_s + admission.lease_ttl_s
+        self._unsettled[admission.request_id] = (admission, actual_tokens, give_up_at)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(self._retry_unsettled())
+
+    async def _retry_unsettled(self) -> None:
+        delay = _RETRY_FIRST_S
+        while self._unsettled:
+            await asyncio.sleep(delay)
+            delay = self.config.probe_interval_s
+            for request_id, (admission, tokens, give_up_at) in list(self._unsettled.items()):
+                if time.monotonic() > give_up_at:
+                    self._unsettled.pop(request_id, None)
+                    continue
+                ok, _ = await self._on_primary("settle", lambda a=admission, t=tokens: self.primary.settle(a, t))
+                if not ok:
+                    break  # still unreachable: the whole batch waits for the next round
+                self._unsettled.pop(request_id, None)
+                delay = _RETRY_FIRST_S
 
     async def extend(self, admission: Admission, lease_ttl_s: float | None = None) -> bool:
         if admission.backend == "local":
@@ -162,6 +222,9 @@ class FailoverRateLimiter(RateLimiter):
             ) from exc
 
     async def close(self) -> None:
+        if self._retrier is not None:
+            self._retrier.cancel()
+            await asyncio.gather(self._retrier, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.primary.close()

@@ -7,6 +7,7 @@ production path. Every test here is marked `serve`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -150,12 +151,26 @@ def serve_stack(database_url: str) -> Iterator[ServeStack]:
     finally:
         cluster.stop()
         stripe.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _print_serve_warnings(tmp / "ray")
+        if os.environ.get("CROSSLOGIC_KEEP_TEST_LOGS") != "1":
+            shutil.rmtree(tmp, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _print_serve_warnings(ray_tmp: Path, limit: int = 40) -> None:
+    """What the stack complained about during the session, so a CI log shows it (the logs go)."""
+    lines: list[str] = []
+    for log in sorted(ray_tmp.glob("session_2*/logs/serve/*.log")):  # not session_latest again
+        with contextlib.suppress(OSError):
+            lines += [f"{log.name}: {line.rstrip()}" for line in log.read_text(errors="replace").splitlines()
+                      if line.startswith(("WARNING", "ERROR")) and "to initialize" not in line]
+    print(f"\nserve logs: {len(lines)} warning/error lines" + ("; the first:" if lines else ""))
+    for line in lines[:limit]:
+        print("  " + line[:300])
 
 
 @pytest.fixture(scope="session")

@@ -143,6 +143,13 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
         await asyncio.sleep(0.05)
     print(f"leases released {time.monotonic() - ended:.2f}s after the last response")
     assert state["active_leases"] == 0, state
+    # And no orphaned generation: every hung-up stream was aborted in its engine.
+    while time.monotonic() - ended < 15.0:
+        replicas = serve_stack.engine_replicas()
+        if all(r["running"] == 0 and r["waiting"] == 0 for r in replicas.values()):
+            break
+        await asyncio.sleep(0.2)
+    assert all(r["running"] == 0 and r["waiting"] == 0 for r in replicas.values()), replicas
 
 
 def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_driver: Any) -> None:

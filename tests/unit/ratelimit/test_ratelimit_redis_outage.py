@@ -181,3 +181,35 @@ async def test_frozen_redis_times_out_instead_of_hanging(redis_process: RedisPro
         assert sorted(elapsed for _, elapsed in results)[-2] < 0.1
         redis_process.signal(signal.SIGCONT)
         await _wait_for_recovery(limiter, tenant)
+
+
+async def test_late_replies_leave_no_lease_behind(redis_process: RedisProcess) -> None:
+    """A timed-out call may still run on Redis: nothing it holds may outlive the outage.
+
+    SIGSTOP makes Redis answer late: commands sent while frozen run when it resumes. An admission
+    sent then is granted there although we admitted locally, and a settlement skipped while the
+    breaker was open would leave its lease for the whole TTL (30 s here). Both are settled in the
+    background once Redis answers: no lease is left a moment later.
+    """
+    metrics = RecordingMetrics()
+    limiter = _limiter(redis_process.url, "open", metrics)
+    tenant = Subject(kind="tenant", id="t-late", tenant_id="t-late", limits=Limits(max_concurrency=100))
+    try:
+        shared = await admit(limiter, tenant)
+        assert shared.backend == "redis"
+        redis_process.signal(signal.SIGSTOP)
+        local = await admit(limiter, tenant)  # sent, timed out: runs on Redis when it resumes
+        assert local.backend == "local" and local.admitted
+        assert not (await limiter.settle(shared, 0)).ok  # breaker open: not sent
+        assert limiter.unsettled == 2
+        redis_process.signal(signal.SIGCONT)
+        assert (await limiter.settle(local, 0)).ok  # local admissions settle locally
+        deadline = time.monotonic() + 3.0
+        while limiter.unsettled and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert limiter.unsettled == 0
+        state = await limiter.state(tenant)
+        assert state.active_leases == 0, state
+        assert not limiter.degraded
+    finally:
+        await limiter.close()

@@ -1,0 +1,101 @@
+"""A streaming response settles on every exit, including a client gone before the first chunk.
+
+Drives `_ClosingStreamingResponse` through the ASGI calls Starlette makes (no server): the client
+disconnect arrives as `http.disconnect` on `receive`, or as a failing `send`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from crosslogic.api.relay import _ClosingStreamingResponse
+
+SCOPE: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "method": "POST", "path": "/"}
+
+
+class Probe:
+    def __init__(self) -> None:
+        self.started = False
+        self.generator_finally = False
+        self.closed = 0
+        self.sent: list[dict[str, Any]] = []
+
+    async def body(self, chunks: int, pause_s: float = 0.0) -> AsyncIterator[str]:
+        self.started = True
+        try:
+            for i in range(chunks):
+                await asyncio.sleep(pause_s)
+                yield f"data: {i}\n\n"
+        finally:
+            self.generator_finally = True
+
+    async def on_close(self) -> None:
+        self.closed += 1
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+async def test_client_gone_before_the_first_chunk_still_settles() -> None:
+    probe = Probe()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.sleep(0.05)  # the disconnect listener wins before any body is pulled
+        probe.sent.append(message)
+
+    response = _ClosingStreamingResponse(probe.body(3), probe.on_close, media_type="text/event-stream")
+    await response(SCOPE, receive, send)
+    assert not probe.started  # the generator's own `finally` never ran ...
+    assert probe.closed == 1  # ... so on_close settled
+
+
+async def test_disconnect_mid_stream_closes_generator_and_settles() -> None:
+    probe = Probe()
+    disconnected = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        probe.sent.append(message)
+        if message.get("body"):
+            disconnected.set()
+
+    response = _ClosingStreamingResponse(probe.body(1000, 0.01), probe.on_close, media_type="text/event-stream")
+    await asyncio.wait_for(response(SCOPE, receive, send), timeout=5)
+    assert probe.started and probe.generator_finally
+    assert probe.closed == 1
+
+
+async def test_cancelled_while_sending_settles() -> None:
+    probe = Probe()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    response = _ClosingStreamingResponse(probe.body(1000, 0.01), probe.on_close, media_type="text/event-stream")
+    task = asyncio.ensure_future(response(SCOPE, receive, probe.send))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert probe.generator_finally and probe.closed == 1
+
+
+async def test_normal_end_closes_once() -> None:
+    probe = Probe()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    response = _ClosingStreamingResponse(probe.body(3), probe.on_close, media_type="text/event-stream")
+    await response(SCOPE, receive, probe.send)
+    assert [m["body"] for m in probe.sent if m.get("body")] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+    assert probe.generator_finally and probe.closed == 1
