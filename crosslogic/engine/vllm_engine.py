@@ -386,10 +386,13 @@ async def _coalesce(source: AsyncIterator[str]) -> AsyncIterator[list[str]]:
             async for item in source:
                 queue.put_nowait(item)
             queue.put_nowait(None)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # surfaced to the consumer, which decides what the client sees
             queue.put_nowait(exc)
+        except asyncio.CancelledError:
+            # Ours (the consumer is closing) or the source's own (vLLM aborting the request): the
+            # consumer may still be waiting, and a stream must end, never stall.
+            queue.put_nowait(RuntimeError("the engine stream was cancelled"))
+            raise
 
     task = asyncio.create_task(pump())
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -18,6 +19,24 @@ WINDOW_S = 10.0
 
 def _limited_key(stack: ServeStack, name: str, **limits: int) -> tuple[str, str, str]:
     return stack.create_tenant_and_key(name, **limits)
+
+
+def _lease_holders(stack: ServeStack, state: dict[str, Any]) -> list[tuple[str, float]]:
+    """(request id, seconds left) of a key's leases, read from Redis: which requests to look up
+    in the replica logs when a lease outlives its request."""
+    import redis
+
+    from crosslogic.ratelimit import Subject
+    from crosslogic.ratelimit.redis_backend import subject_keys
+
+    namespace = stack.config["applications"][0]["args"]["limits"]["namespace"]
+    key = subject_keys(namespace, Subject(kind="key", id=state["id"], tenant_id=state["tenant_id"]))[2]
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        now_us = time.time() * 1e6
+        return [(m.decode(), round((score - now_us) / 1e6, 2)) for m, score in client.zrange(key, 0, -1, withscores=True)]
+    finally:
+        client.close()
 
 
 def _leases(stack: ServeStack, key_id: str) -> dict[str, Any]:
@@ -141,7 +160,7 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
     while (state := _leases(serve_stack, key_id))["active_leases"] and time.monotonic() - ended < 1.0:
         await asyncio.sleep(0.05)
     print(f"leases released {time.monotonic() - ended:.2f}s after the last response")
-    assert state["active_leases"] == 0, state
+    assert state["active_leases"] == 0, (state, _lease_holders(serve_stack, state))
     # And no orphaned generation: every hung-up stream was aborted in its engine.
     while time.monotonic() - ended < 15.0:
         replicas = serve_stack.engine_replicas()

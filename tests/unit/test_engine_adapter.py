@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import ValidationError
 
 from crosslogic.config import AppConfig
-from crosslogic.engine.vllm_engine import _strip_usage, translate_vllm_error
+from crosslogic.engine.vllm_engine import _coalesce, _strip_usage, translate_vllm_error
 
 CHUNK = 'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 USAGE = 'data: {"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\n'
@@ -89,3 +91,46 @@ def test_serve_config_yaml_is_a_valid_app_config() -> None:
     parsed = AppConfig.model_validate(app["args"])
     assert {m.task for m in parsed.models} == {"generate", "embed"}
     assert config["http_options"]["port"] == 8000
+
+
+async def _collect_batches(source: AsyncIterator[str]) -> tuple[list[list[str]], BaseException | None]:
+    batches: list[list[str]] = []
+    try:
+        async for batch in _coalesce(source):
+            batches.append(batch)
+    except BaseException as exc:  # noqa: BLE001 - the test inspects what ended the stream
+        return batches, exc
+    return batches, None
+
+
+async def test_coalesce_relays_everything_in_order() -> None:
+    async def source() -> AsyncIterator[str]:
+        for i in range(5):
+            yield str(i)
+            if i % 2:
+                await asyncio.sleep(0.01)
+
+    batches, error = await asyncio.wait_for(_collect_batches(source()), timeout=5)
+    assert error is None and [x for b in batches for x in b] == ["0", "1", "2", "3", "4"]
+
+
+async def test_coalesce_ends_when_the_source_is_cancelled_from_inside() -> None:
+    """vLLM's generator raises CancelledError when the engine aborts a request: the stream must
+    end with an error, never wait forever."""
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        await asyncio.sleep(0.01)
+        raise asyncio.CancelledError
+
+    batches, error = await asyncio.wait_for(_collect_batches(source()), timeout=5)
+    assert batches == [["a"]] and isinstance(error, RuntimeError)
+
+
+async def test_coalesce_surfaces_engine_errors() -> None:
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        raise ValueError("engine failed")
+
+    _, error = await asyncio.wait_for(_collect_batches(source()), timeout=5)
+    assert isinstance(error, ValueError)
