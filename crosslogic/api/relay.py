@@ -170,14 +170,17 @@ async def relay(
             return await _collect(first, events, outcome, headers)
         finally:
             await finish()
-    async def close_unstarted() -> None:
+
+    async def close() -> None:
+        """Close the engine stream and settle: from the body's `finally`, and from the response
+        when the body never started (idempotent)."""
         with contextlib.suppress(Exception):
             await events.aclose()  # type: ignore[attr-defined]
         await finish()
 
     return _ClosingStreamingResponse(
-        _stream(first, events, outcome, finish, request_id),
-        close_unstarted,
+        _stream(first, events, outcome, close, request_id),
+        close,
         media_type="text/event-stream",
         headers={**_SSE_HEADERS, **(headers or {})},
     )
@@ -209,7 +212,7 @@ async def _stream(
     first: EngineEvent,
     events: AsyncIterator[EngineEvent],
     outcome: Outcome,
-    finish: Callable[[], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
     request_id: str,
 ) -> AsyncIterator[str]:
     outcome.status = "cancelled"  # until the stream ends normally
@@ -235,6 +238,4 @@ async def _stream(
         logger.warning("stream %s failed mid-way: %r", request_id, exc)
         yield f"data: {json.dumps(exc.body())}\n\n"
     finally:
-        with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
-        await finish()
+        await close()
