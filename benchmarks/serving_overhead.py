@@ -53,11 +53,17 @@ PROFILED = {"vllm api_server", "VLLM::EngineCore", "ProxyActor", "ServeReplica:c
 # `stream_interval` (a chunk every N tokens; the first token still goes out alone, so TTFT is kept),
 # which divides the messages crossing the two Ray hops per token by N.
 _TUNED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+_HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_HAPROXY_NBTHREAD": "1"}
 VARIANTS: dict[str, Variant] = {
     "crosslogic": Variant(),
     "crosslogic_tuned": Variant(ray_env=_TUNED_ENV),
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
+    # Ray Serve's HAProxy ingress: HAProxy on the HTTP port balances straight to a uvicorn inside each
+    # ingress replica ("direct ingress"), so the ProxyActor hop (ASGI messages pickled through Ray)
+    # leaves the request path; only ingress -> engine stays a Ray call.
+    "crosslogic_haproxy": Variant(ray_env=_HAPROXY_ENV),
+    "crosslogic_haproxy_stream4": Variant(ray_env=_HAPROXY_ENV, engine_kwargs={"stream_interval": 4}),
     # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).
     "crosslogic_redis": Variant(ray_env={"REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"}),
 }

@@ -28,6 +28,8 @@ from crosslogic.routing.hints import RoutingHints
 logger = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# The last event of every OpenAI stream.
+_SSE_DONE = "data: [DONE]\n\n"
 
 
 class _ClosingStreamingResponse(StreamingResponse):
@@ -224,6 +226,11 @@ async def _stream(
                 if len(event) > 2 and event[2] is not None:
                     _record_usage(outcome, event[2])
                 yield payload
+                if payload.endswith(_SSE_DONE):
+                    # The answer is complete: settle and end the response now rather than wait for
+                    # the transport's end-of-stream, which a loaded Ray cluster was seen to deliver
+                    # 120 s late (the engine call had finished; the client's stream hung open).
+                    break
             elif kind == USAGE:
                 _record_usage(outcome, payload)
             elif kind == ERROR:

@@ -116,10 +116,48 @@ def test_openai_client_raises_rate_limit_error(serve_stack: ServeStack) -> None:
 
 async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack: ServeStack) -> None:
     total, concurrency = 1000, 8
-    _, key_id, secret = _limited_key(serve_stack, "lease-leak", max_concurrency=concurrency)
+    tenant_id, key_id, secret = _limited_key(serve_stack, "lease-leak", max_concurrency=concurrency)
     gate = asyncio.Semaphore(concurrency)
-    outcomes: dict[str, int] = {"ok": 0, "cancelled": 0, "engine_error": 0, "concurrency_429": 0, "other": 0}
+    hung_up: dict[str, float] = {}
+    started = time.monotonic()
+    outcomes: dict[str, int] = {"ok": 0, "cancelled": 0, "engine_error": 0, "concurrency_429": 0, "gave_up": 0, "other": 0}
+    max_refusals = 5 * total  # a lease that never comes back would otherwise make the client retry forever
     async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {secret}"}) as http:
+
+        async def attempt(i: int, body: dict[str, Any]) -> float | None:
+            """One try; the back-off before the next when refused for concurrency, else None."""
+            async with gate:
+                async with http.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body) as resp:
+                    if resp.status_code == 400:
+                        outcomes["engine_error"] += 1
+                        return None
+                    if resp.status_code == 429:
+                        # A hung-up stream holds its lease until the server notices the hang-up: the
+                        # limit doing its job. Like a real client, wait (not the whole retry-after:
+                        # slots free within ms) and send the same request again, so a slow release
+                        # cannot burn the run's requests on refusals.
+                        await resp.aread()
+                        error = resp.json()["error"]
+                        assert error["code"] == "rate_limit_exceeded", error
+                        outcomes["concurrency_429"] += 1
+                        if outcomes["concurrency_429"] in (1, 100, 1000):
+                            # Who holds the slots when refusals pile up (request ids to look up in the
+                            # replica logs), and when the client let go of its last streams.
+                            holders = await asyncio.to_thread(_lease_holders, serve_stack, {"id": key_id, "tenant_id": tenant_id})
+                            latest = sorted(hung_up.items(), key=lambda kv: kv[1])[-8:]
+                            print(f"429 #{outcomes['concurrency_429']} at {time.monotonic() - started:.1f}s: "
+                                  f"{error['message']!r}; holders {holders}; last hang-ups {latest}")
+                        return min(int(resp.headers["retry-after-ms"]), 100) / 1000
+                    if resp.status_code != 200:
+                        outcomes["other"] += 1
+                        return None
+                    async for line in resp.aiter_lines():
+                        if i % 3 == 0 and line.startswith("data: {"):
+                            outcomes["cancelled"] += 1
+                            hung_up[resp.headers.get("x-request-id", "?")] = round(time.monotonic() - started, 2)
+                            return None  # hang up after the first chunk
+                    outcomes["ok"] += 1
+                    return None
 
         async def one(i: int) -> None:
             body: dict[str, Any] = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 3, "stream": True}
@@ -127,33 +165,17 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
                 body["max_tokens"] = 5000  # over the context: the engine refuses it
             if i % 3 == 0:
                 body |= {"max_tokens": 200, "ignore_eos": True}
-            async with gate:
-                async with http.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body) as resp:
-                    if resp.status_code == 400:
-                        outcomes["engine_error"] += 1
-                        return
-                    if resp.status_code == 429:
-                        # A hung-up stream holds its lease until the server notices the hang-up:
-                        # the limit is doing its job.
-                        await resp.aread()
-                        assert resp.json()["error"]["code"] == "rate_limit_exceeded"
-                        outcomes["concurrency_429"] += 1
-                        return
-                    if resp.status_code != 200:
-                        outcomes["other"] += 1
-                        return
-                    async for line in resp.aiter_lines():
-                        if i % 3 == 0 and line.startswith("data: {"):
-                            outcomes["cancelled"] += 1
-                            return  # hang up after the first chunk
-                    outcomes["ok"] += 1
+            while (backoff := await attempt(i, body)) is not None:
+                if outcomes["concurrency_429"] > max_refusals:
+                    outcomes["gave_up"] += 1
+                    return
+                await asyncio.sleep(backoff)
 
-        started = time.monotonic()
         await asyncio.gather(*(one(i) for i in range(total)))
     print(f"{total} requests in {time.monotonic() - started:.1f}s: {outcomes}")
-    assert outcomes["other"] == 0, outcomes
-    # Every path was taken: finished, hung up mid-stream, refused by the engine.
-    assert outcomes["cancelled"] > 50 and outcomes["engine_error"] > 10 and outcomes["ok"] > 100, outcomes
+    assert outcomes["other"] == 0 and outcomes["gave_up"] == 0, outcomes
+    # Every request was served once, on its path: finished, hung up mid-stream, refused by the engine.
+    assert outcomes["cancelled"] == 334 and outcomes["engine_error"] == 66 and outcomes["ok"] == 600, outcomes
     # The issue's target is 0 within 1 s of the last response: measured 0.10 s with this test alone
     # on the 2-core CI machine, 1.08-1.09 s inside the full suite (the proxy noticing the last
     # hang-ups under load). The assertion is the lease TTL (6 s): a lease whose request never settled

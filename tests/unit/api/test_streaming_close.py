@@ -99,3 +99,34 @@ async def test_normal_end_closes_once() -> None:
     await response(SCOPE, receive, probe.send)
     assert [m["body"] for m in probe.sent if m.get("body")] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
     assert probe.generator_finally and probe.closed == 1
+
+
+async def test_stream_ends_at_done_without_waiting_for_the_transport() -> None:
+    """The transport's end-of-stream was seen to arrive 120 s late under load: `[DONE]` ends it."""
+    from crosslogic.api.relay import Outcome, _stream
+    from crosslogic.engine.base import CHUNK
+
+    closed = 0
+
+    async def close() -> None:
+        nonlocal closed
+        closed += 1
+
+    async def events() -> AsyncIterator[tuple[Any, ...]]:
+        yield (CHUNK, 'data: {"choices":[{"delta":{"content":"!"}}]}\n\ndata: [DONE]\n\n', {"prompt_tokens": 3, "completion_tokens": 2})
+        await asyncio.Event().wait()  # the end-of-stream that never comes
+
+    outcome = Outcome()
+    first = (CHUNK, 'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n', {"prompt_tokens": 3, "completion_tokens": 1})
+    body = [c async for c in _stream_with_deadline(_stream(first, events(), outcome, close, "req-1"))]
+    assert body[-1].endswith("data: [DONE]\n\n")
+    assert outcome.status == "finished" and outcome.completion_tokens == 2
+    assert closed == 1
+
+
+async def _stream_with_deadline(stream: AsyncIterator[str], deadline_s: float = 5.0) -> AsyncIterator[str]:
+    while True:
+        try:
+            yield await asyncio.wait_for(anext(stream), deadline_s)
+        except StopAsyncIteration:
+            return
