@@ -47,23 +47,19 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serving_overhead.json"
 # Processes profiled with --profile: the serving path of each target (vLLM's worker is torch compute).
 PROFILED = {"vllm api_server", "VLLM::EngineCore", "ProxyActor", "ServeReplica:crosslogic:ingress",
             f"ServeReplica:crosslogic:engine-{MODEL}"}
-# CrossLogic as deployed; with Ray Serve's throughput-optimised mode (gRPC between handles and
-# replicas, user code and router on the replica's main loop, buffered request logs, frozen GC) but
-# keeping the HTTP proxy (direct ingress would move the port to the ingress replica); and with vLLM's
-# `stream_interval` (a chunk every N tokens; the first token still goes out alone, so TTFT is kept),
-# which divides the messages crossing the two Ray hops per token by N.
-_TUNED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
-_HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_HAPROXY_NBTHREAD": "1"}
+# CrossLogic as deployed (HAProxy ingress, see crosslogic/localstack/ray_cluster.py); with Serve's
+# ProxyActor ingress instead (every ASGI message a pickled Ray call to the ingress replica); with Ray
+# Serve's throughput-optimised mode (gRPC between handles and replicas, user code and router on the
+# replica's main loop, buffered request logs, frozen GC); and with vLLM's `stream_interval` (a chunk
+# every N tokens; the first token still goes out alone, so TTFT is kept), which divides the messages
+# crossing the Ray hop per token by N.
+_TUNED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 VARIANTS: dict[str, Variant] = {
     "crosslogic": Variant(),
+    "crosslogic_proxy": Variant(ray_env={"CROSSLOGIC_SERVE_INGRESS": "proxy"}),
     "crosslogic_tuned": Variant(ray_env=_TUNED_ENV),
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
-    # Ray Serve's HAProxy ingress: HAProxy on the HTTP port balances straight to a uvicorn inside each
-    # ingress replica ("direct ingress"), so the ProxyActor hop (ASGI messages pickled through Ray)
-    # leaves the request path; only ingress -> engine stays a Ray call.
-    "crosslogic_haproxy": Variant(ray_env=_HAPROXY_ENV),
-    "crosslogic_haproxy_stream4": Variant(ray_env=_HAPROXY_ENV, engine_kwargs={"stream_interval": 4}),
     # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).
     "crosslogic_redis": Variant(ray_env={"REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"}),
 }

@@ -64,7 +64,6 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log_
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
 
 
-@contextlib.contextmanager
 def bench_dtype() -> str:
     """What serve_config's `dtype: auto` becomes on this CPU: both targets run the same dtype."""
     from crosslogic.engine.cpu_dtype import cpu_flags, resolve_dtype
@@ -72,6 +71,7 @@ def bench_dtype() -> str:
     return resolve_dtype("auto", on_cpu=True, flags=cpu_flags())
 
 
+@contextlib.contextmanager
 def bare_vllm(model_path: str, workdir: Path, tag: str, stream_interval: int = 1) -> Iterator[str]:
     port = free_port()
     cmd = [

@@ -86,7 +86,7 @@ def _state_path(settings: Settings) -> Path:
 
 def _up(args: argparse.Namespace) -> int:
     from crosslogic.admin.local_secret import load_or_create_local_secret
-    from crosslogic.localstack.ray_cluster import LocalRayCluster, wait_ready
+    from crosslogic.localstack.ray_cluster import LocalRayCluster, ingress_mode, wait_ready
 
     settings = Settings.from_env()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def _up(args: argparse.Namespace) -> int:
         os.environ.setdefault("CROSSLOGIC_ADMIN_JWT_SECRET", load_or_create_local_secret(settings.home))
         os.environ["CROSSLOGIC_LOCAL_STACK"] = "1"
         os.environ["CROSSLOGIC_HOME"] = str(settings.home)
-        _say(f"starting Ray head on 127.0.0.1:{args.ray_port}")
+        _say(f"starting Ray head on 127.0.0.1:{args.ray_port} (HTTP ingress: {ingress_mode()})")
         cluster.start()
         base = _base_url(config_path)
         # `crosslogic local down` stops exactly this stack, never another Ray cluster on the machine.

@@ -1,0 +1,33 @@
+"""How the local Ray cluster's HTTP ingress is chosen (no Ray started here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from crosslogic.errors import ConfigError
+from crosslogic.localstack.ray_cluster import INGRESS_ENV, haproxy_env, ingress_mode
+
+
+def test_haproxy_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(INGRESS_ENV, raising=False)
+    assert ingress_mode() == "haproxy"
+    monkeypatch.setenv(INGRESS_ENV, "proxy")
+    assert ingress_mode() == "proxy"
+
+
+def test_unknown_ingress_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(INGRESS_ENV, "nginx")
+    with pytest.raises(ConfigError, match="haproxy, proxy"):
+        ingress_mode()
+
+
+def test_haproxy_env_turns_on_direct_ingress_with_ports_of_its_own() -> None:
+    env = haproxy_env(request_timeout_s=600)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    # Streams may run as long as the request timeout: a reload must not cut them sooner.
+    assert env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "600"
+    side_ports = [env[k] for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                                   "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")]
+    # Not Ray's fixed defaults (8404, 9101, 8500, 9500): two local clusters on one machine coexist.
+    assert not {"8404", "9101", "8500", "9500"} & set(side_ports)
+    assert len(set(side_ports)) == 4
