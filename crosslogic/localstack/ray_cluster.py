@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,6 +187,27 @@ def stop_cluster(cluster_id: str, dashboard_url: str) -> None:
         env=ray_env(), capture_output=True, text=True, timeout=120,
     )
     kill_tagged_processes(cluster_id, grace_s=10.0)
+    # A raylet that is still alive while its agents die respawns them (seen: DashboardAgent and
+    # RuntimeEnvAgent left running, 240 MB, after a test session): sweep until nothing is left.
+    for _ in range(3):
+        if not kill_tagged_processes(cluster_id, grace_s=2.0):
+            break
+
+
+def _carries_tag(proc: Any, cluster_id: str) -> bool:
+    """Whether a process's environment holds our cluster tag.
+
+    Read raw on Linux: Ray's agents rename themselves (setproctitle), which zeroes the start of the
+    environment block; psutil stops parsing at the first empty entry and returns {} for them, so
+    they were never found and survived every stop (DashboardAgent + RuntimeEnvAgent, 240 MB each time).
+    """
+    if not os.path.exists("/proc/self/environ"):  # macOS: no /proc
+        return bool(proc.environ().get(_CLUSTER_TAG) == cluster_id)
+    try:
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+            return f"\0{_CLUSTER_TAG}={cluster_id}\0".encode() in b"\0" + f.read() + b"\0"
+    except OSError:  # gone meanwhile, or not ours to read
+        return False
 
 
 def kill_tagged_processes(cluster_id: str, grace_s: float = 0.0) -> int:
@@ -198,8 +220,7 @@ def kill_tagged_processes(cluster_id: str, grace_s: float = 0.0) -> int:
         try:
             if proc.pid == os.getpid():
                 continue
-            tag = proc.environ().get(_CLUSTER_TAG)
-            if tag == cluster_id:
+            if _carries_tag(proc, cluster_id):
                 tagged.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

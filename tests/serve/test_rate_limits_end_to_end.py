@@ -178,15 +178,17 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
     assert outcomes["other"] == 0 and outcomes["gave_up"] == 0, outcomes
     # Every request was served once, on its path: finished, hung up mid-stream, refused by the engine.
     assert outcomes["cancelled"] == 334 and outcomes["engine_error"] == 66 and outcomes["ok"] == 600, outcomes
-    # The target is 0 within 1 s of the last response: measured 0.10 s with this test alone
-    # on the 2-core CI machine, 1.08-1.09 s inside the full suite (the proxy noticing the last
-    # hang-ups under load). The assertion is the lease TTL (6 s): a lease whose request never settled
-    # keeps being renewed and would never reach 0; the printed time is the figure to watch.
+    # The bound: 0 within 1 s of the last response. Measured in the full suite: 0.03-0.04 s
+    # (AVX512 2-core machine, ProxyActor and HAProxy ingress alike); 1.08 s on the slower AVX2 one in
+    # session 2, before streams ended at [DONE]. Waiting up to the lease TTL first tells a slow
+    # release (the bound) from a leak (a never-settled lease is renewed forever and never reaches 0).
     ended = time.monotonic()
     while (state := _leases(serve_stack, key_id))["active_leases"] and time.monotonic() - ended < 6.0:
         await asyncio.sleep(0.05)
-    print(f"leases released {time.monotonic() - ended:.2f}s after the last response")
+    released_after = time.monotonic() - ended
+    print(f"leases released {released_after:.2f}s after the last response")
     assert state["active_leases"] == 0, (state, _lease_holders(serve_stack, state))
+    assert released_after <= 1.0, f"leases released {released_after:.2f}s after the last response"
     # And no orphaned generation: every hung-up stream was aborted in its engine.
     while time.monotonic() - ended < 15.0:
         replicas = serve_stack.engine_replicas()

@@ -31,3 +31,36 @@ def test_haproxy_env_turns_on_direct_ingress_with_ports_of_its_own() -> None:
     # Not Ray's fixed defaults (8404, 9101, 8500, 9500): two local clusters on one machine coexist.
     assert not {"8404", "9101", "8500", "9500"} & set(side_ports)
     assert len(set(side_ports)) == 4
+
+
+def test_a_renamed_process_is_still_found_by_its_tag() -> None:
+    """Ray's agents rename themselves (setproctitle), zeroing the start of their environment block:
+    psutil then reads {} and such processes survived every stop. The raw scan still finds them."""
+    import subprocess
+    import sys
+    import uuid
+
+    import psutil
+
+    from crosslogic.localstack.ray_cluster import _CLUSTER_TAG, _carries_tag
+
+    cluster_id = uuid.uuid4().hex
+    # Zero the first variable of our own environment block in place, as a long process title does.
+    script = (
+        "import ctypes, time\n"
+        "env_start = int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[47])\n"  # field 50
+        "ctypes.memset(env_start, 0, 80)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    env = {"A_FIRST_VARIABLE": "x" * 64, _CLUSTER_TAG: cluster_id, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        target = psutil.Process(proc.pid)
+        assert target.environ() == {}  # what psutil sees: nothing
+        assert _carries_tag(target, cluster_id)
+        assert not _carries_tag(target, uuid.uuid4().hex)
+    finally:
+        proc.kill()
+        proc.wait()
