@@ -47,15 +47,17 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serving_overhead.json"
 # Processes profiled with --profile: the serving path of each target (vLLM's worker is torch compute).
 PROFILED = {"vllm api_server", "VLLM::EngineCore", "ProxyActor", "ServeReplica:crosslogic:ingress",
             f"ServeReplica:crosslogic:engine-{MODEL}"}
-# CrossLogic as deployed (HAProxy ingress, see crosslogic/localstack/ray_cluster.py); with Serve's
-# ProxyActor ingress instead (every ASGI message a pickled Ray call to the ingress replica); with Ray
-# Serve's throughput-optimised mode (gRPC between handles and replicas, user code and router on the
+# CrossLogic as deployed (HAProxy ingress, see crosslogic/localstack/ray_cluster.py; Ray's processes
+# off the engine worker's cores, see crosslogic/localstack/cpu_placement.py); without that placement;
+# with Serve's ProxyActor ingress instead (every ASGI message a pickled Ray call to the ingress
+# replica); with Ray Serve's throughput-optimised mode (gRPC between handles and replicas, user code and router on the
 # replica's main loop, buffered request logs, frozen GC); and with vLLM's `stream_interval` (a chunk
 # every N tokens; the first token still goes out alone, so TTFT is kept), which divides the messages
 # crossing the Ray hop per token by N.
 _TUNED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 VARIANTS: dict[str, Variant] = {
     "crosslogic": Variant(),
+    "crosslogic_unplaced": Variant(placement=False),
     "crosslogic_proxy": Variant(ray_env={"CROSSLOGIC_SERVE_INGRESS": "proxy"}),
     "crosslogic_tuned": Variant(ray_env=_TUNED_ENV),
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),

@@ -42,6 +42,9 @@ class Variant:
 
     ray_env: dict[str, str] = field(default_factory=dict)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Move the cluster's other threads off the engine worker's cores once ready (cpu_placement), as
+    # `crosslogic local up` does.
+    placement: bool = True
 
 
 def log(message: str) -> None:
@@ -168,6 +171,8 @@ def _ray_stack(workdir: Path, dsn: str, cluster: LocalRayCluster, variant: Varia
         started = time.monotonic()
         wait_ready(base, timeout_s=900, progress=lambda m: log(f"CrossLogic: {m}"))
         log(f"CrossLogic: ready in {time.monotonic() - started:.0f}s")
+        if variant.placement:
+            log(f"CrossLogic: {cluster.keep_off_engine_cores()}")
         yield f"{base}/v1", api_key
     finally:
         log("CrossLogic: stopping Ray and the engine")

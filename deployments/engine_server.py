@@ -14,6 +14,7 @@ from crosslogic.config import ModelDeploymentConfig, RouterConfig
 from crosslogic.devmodels.prepare import resolve_model_source
 from crosslogic.engine.base import Endpoint, EngineEvent
 from crosslogic.engine.vllm_engine import VLLMEngine
+from crosslogic.localstack.cpu_placement import allow_all_cores
 from crosslogic.routing.hints import RoutingHints
 from crosslogic.settings import Settings
 from deployments.logs import route_core_logs
@@ -25,6 +26,8 @@ logger = logging.getLogger("ray.serve")
 class EngineServer:
     async def __init__(self, model: dict[str, Any], router: dict[str, Any]) -> None:
         route_core_logs()
+        # Before vLLM starts its processes: they inherit our CPU mask (see cpu_placement).
+        allow_all_cores()
         self._config = ModelDeploymentConfig.model_validate(model)
         self._router_config = RouterConfig.model_validate(router)
         path = resolve_model_source(self._config.source, Settings.from_env(), progress=logger.info)

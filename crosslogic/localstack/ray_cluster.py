@@ -169,6 +169,13 @@ class LocalRayCluster:
         )
         return result.stdout
 
+    def keep_off_engine_cores(self) -> str:
+        """Once the engines run: the cluster's other threads leave the CPU engines' cores (see
+        `cpu_placement`). Returns what was done, for the log."""
+        from crosslogic.localstack.cpu_placement import keep_off_engine_cores
+
+        return keep_off_engine_cores(cluster_processes(self.cluster_id)).summary()
+
     def stop(self) -> None:
         """Shut down gracefully (engines stop their vLLM processes), then end this cluster's processes.
 
@@ -210,9 +217,8 @@ def _carries_tag(proc: Any, cluster_id: str) -> bool:
         return False
 
 
-def kill_tagged_processes(cluster_id: str, grace_s: float = 0.0) -> int:
-    """End the processes of one local cluster: SIGTERM, then SIGKILL for those still alive after
-    `grace_s`."""
+def cluster_processes(cluster_id: str) -> list[Any]:
+    """Every process of one local cluster (psutil.Process), this one excepted."""
     import psutil
 
     tagged = []
@@ -224,6 +230,15 @@ def kill_tagged_processes(cluster_id: str, grace_s: float = 0.0) -> int:
                 tagged.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+    return tagged
+
+
+def kill_tagged_processes(cluster_id: str, grace_s: float = 0.0) -> int:
+    """End the processes of one local cluster: SIGTERM, then SIGKILL for those still alive after
+    `grace_s`."""
+    import psutil
+
+    tagged = cluster_processes(cluster_id)
     for proc in tagged:
         try:
             proc.terminate()

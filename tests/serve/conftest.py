@@ -146,6 +146,9 @@ def serve_stack(database_url: str) -> Iterator[ServeStack]:
         base_url = f"http://127.0.0.1:{http_port}"
         started = time.monotonic()
         wait_ready(base_url, timeout_s=600, progress=print)
+        # As `crosslogic local up` does: the suite then also covers engines replaced afterwards
+        # (they must widen the mask the raylet hands them, see cpu_placement.allow_all_cores).
+        print(cluster.keep_off_engine_cores())
         print(f"stack ready in {time.monotonic() - started:.0f}s")
         stack = ServeStack(
             base_url=base_url, cluster=cluster, config=config, admin_secret=admin_secret,
