@@ -27,10 +27,23 @@ from crosslogic.errors import ConfigError
 Progress = Callable[[str], None]
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and never handed out before by this process.
+
+    The port is released before its user binds it, so the kernel may offer it again to the next
+    caller: seen once, the benchmark's HTTP port came back as one of HAProxy's side ports and the
+    HTTP probe met a gRPC server.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 _CLUSTER_TAG = "CROSSLOGIC_LOCAL_CLUSTER_ID"
