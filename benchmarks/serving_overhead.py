@@ -60,6 +60,10 @@ VARIANTS: dict[str, Variant] = {
     "crosslogic_unplaced": Variant(placement=False),
     "crosslogic_proxy": Variant(ray_env={"CROSSLOGIC_SERVE_INGRESS": "proxy"}),
     "crosslogic_tuned": Variant(ray_env=_TUNED_ENV),
+    # Only the two loop hops of the throughput-optimised mode: user code on the replica's main loop,
+    # and the handle's router on the caller's loop (no thread crossing per request and message).
+    "crosslogic_sameloop": Variant(ray_env={"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                                            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}),
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
     # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).
