@@ -6,6 +6,8 @@ topology alone costs on this machine, with a stand-in engine that yields its chu
   plain  : one uvicorn + FastAPI process streaming the chunks itself (what vLLM's server does);
   serve  : Serve's HTTP proxy -> a FastAPI ingress deployment -> a streaming handle call to an
            "engine" deployment (CrossLogic's shape: two Ray hops per chunk);
+  serve_haproxy : CrossLogic's default shape: HAProxy -> the ingress replica's own uvicorn ("direct
+           ingress") -> a streaming handle call to the engine deployment (one Ray hop per chunk);
   serve_grpc : the same topology with Serve's gRPC transport on both hops (the proxy with
            RAY_SERVE_PROXY_USE_GRPC=1, the ingress's handle with `_by_reference=False`) instead of
            Ray actor calls with one object per streamed item.
@@ -146,9 +148,13 @@ def run_plain(args: argparse.Namespace, tag: str) -> dict[str, Any]:
         proc.wait(timeout=30)
 
 
-def run_serve(args: argparse.Namespace, tag: str, grpc: bool = False) -> dict[str, Any]:
+def run_serve(args: argparse.Namespace, tag: str, grpc: bool = False, haproxy: bool = False) -> dict[str, Any]:
     # Read by every Serve process at import: set before the cluster (and its workers) start.
     os.environ["RAY_SERVE_PROXY_USE_GRPC"] = "1" if grpc else "0"
+    from crosslogic.localstack.ray_cluster import haproxy_env
+
+    ingress_env = haproxy_env() if haproxy else {}
+    os.environ.update(ingress_env)
     os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", TAG: tag})
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -181,6 +187,8 @@ def run_serve(args: argparse.Namespace, tag: str, grpc: bool = False) -> dict[st
     finally:
         serve.shutdown()
         ray.shutdown()
+        for key in ingress_env:
+            os.environ.pop(key, None)
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -198,18 +206,19 @@ def main() -> None:
     parser.add_argument("--stream-requests", type=int, default=30, help="sequential streamed requests")
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle CPU measurement, subtracted")
     parser.add_argument("--pace-ms", type=float, default=10.0, help="time between chunks, like a decode step")
-    parser.add_argument("--targets", nargs="+", default=["plain", "serve", "serve_grpc"],
-                        choices=["plain", "serve", "serve_grpc"])
+    parser.add_argument("--targets", nargs="+", default=["plain", "serve", "serve_haproxy", "serve_grpc"],
+                        choices=["plain", "serve", "serve_haproxy", "serve_grpc"])
     args = parser.parse_args()
     runners = {
         "plain": lambda: run_plain(args, f"floor-{uuid.uuid4().hex}"),
         "serve": lambda: run_serve(args, f"floor-{uuid.uuid4().hex}"),
+        "serve_haproxy": lambda: run_serve(args, f"floor-{uuid.uuid4().hex}", haproxy=True),
         "serve_grpc": lambda: run_serve(args, f"floor-{uuid.uuid4().hex}", grpc=True),
     }
     results = {name: runners[name]() for name in args.targets}
-    print(f"{'':8s} {'health p50':>11s} {'1st chunk p50':>14s} {'+ per chunk p50':>15s} {'server CPU/chunk':>17s}")
+    print(f"{'':13s} {'health p50':>11s} {'1st chunk p50':>14s} {'+ per chunk p50':>15s} {'server CPU/chunk':>17s}")
     for name, r in results.items():
-        print(f"{name:8s} {r['health_ms']['p50']:9.2f}ms {r['first_chunk_ms']['p50']:12.2f}ms "
+        print(f"{name:13s} {r['health_ms']['p50']:9.2f}ms {r['first_chunk_ms']['p50']:12.2f}ms "
               f"{r['per_further_chunk_added_ms']['p50']:13.3f}ms {r['server_cpu_ms_per_chunk']:15.3f}ms")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("w") as out:
