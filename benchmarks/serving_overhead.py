@@ -50,10 +50,10 @@ PROFILED = {"vllm api_server", "VLLM::EngineCore", "ProxyActor", "ServeReplica:c
 # CrossLogic as deployed (HAProxy ingress, see crosslogic/localstack/ray_cluster.py; Ray's processes
 # off the engine worker's cores, see crosslogic/localstack/cpu_placement.py); without that placement;
 # with Serve's ProxyActor ingress instead (every ASGI message a pickled Ray call to the ingress
-# replica); with Ray Serve's throughput-optimised mode (gRPC between handles and replicas, user code and router on the
-# replica's main loop, buffered request logs, frozen GC); and with vLLM's `stream_interval` (a chunk
-# every N tokens; the first token still goes out alone, so TTFT is kept), which divides the messages
-# crossing the Ray hop per token by N.
+# replica); with Ray Serve's throughput-optimised mode (gRPC between handles and replicas, user code
+# and router on the replica's main loop, buffered request logs, frozen GC); and with vLLM's
+# `stream_interval` (a chunk every N tokens; the first token still goes out alone, so TTFT is kept),
+# which divides the messages crossing the Ray hop per token by N.
 _TUNED_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 VARIANTS: dict[str, Variant] = {
     "crosslogic": Variant(),

@@ -37,7 +37,10 @@ class Placement:
 
 
 def _is_engine_worker(proc: psutil.Process) -> bool:
-    argv = proc.cmdline() or [proc.name()]
+    try:
+        argv = proc.cmdline() or [proc.name()]
+    except psutil.Error:  # ended meanwhile
+        return False
     return argv[0].startswith(_WORKER_TITLE)
 
 
@@ -45,7 +48,7 @@ def keep_off_engine_cores(cluster_processes: list[psutil.Process]) -> Placement:
     """Move every thread of `cluster_processes` but the engine workers' off the workers' cores."""
     placement = Placement()
     all_cpus = set(os.sched_getaffinity(0)) | {c for p in cluster_processes for c in _affinity(p.pid)}
-    workers = [p for p in cluster_processes if _safe(_is_engine_worker, p)]
+    workers = [p for p in cluster_processes if _is_engine_worker(p)]
     for worker in workers:
         mask = _affinity(worker.pid)
         if mask and mask != all_cpus:
@@ -77,13 +80,6 @@ def _threads(pid: int) -> list[int]:
         return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
         return []
-
-
-def _safe(check: object, proc: psutil.Process) -> bool:
-    try:
-        return bool(check(proc))  # type: ignore[operator]
-    except psutil.Error:
-        return False
 
 
 def allow_all_cores() -> None:

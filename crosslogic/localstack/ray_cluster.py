@@ -18,9 +18,9 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from crosslogic.errors import ConfigError
 
@@ -67,14 +67,15 @@ def ray_env(cluster_id: str | None = None) -> dict[str, str]:
 # HAProxy on the HTTP port balances straight to a uvicorn inside each ingress replica ("direct
 # ingress"); "proxy": Ray Serve's ProxyActor, which relays every ASGI message to the replica as a
 # pickled Ray call. Measured on this 2-core machine (benchmarks/serving_overhead.py, SmolLM2, 64
-# tokens): TTFT overhead over bare vLLM p50 +24 -> +14 ms, throughput ratio at 16 clients 0.69 ->
-# 0.84, GET /health +2.6 -> +0.3 ms.
+# tokens, 16/64/128 requests per level, one run): TTFT overhead over bare vLLM p50 +19.7 -> +17.8 ms,
+# throughput ratio at 16 clients 0.69 -> 0.74, GET /health +5.5 -> +0.5 ms.
 INGRESS_ENV = "CROSSLOGIC_SERVE_INGRESS"
 INGRESS_MODES = ("haproxy", "proxy")
 
 
-def ingress_mode() -> str:
-    mode = os.environ.get(INGRESS_ENV, "haproxy")
+def ingress_mode(mode: str | None = None) -> str:
+    """`mode`, or CROSSLOGIC_SERVE_INGRESS (default "haproxy"), checked."""
+    mode = mode or os.environ.get(INGRESS_ENV, "haproxy")
     if mode not in INGRESS_MODES:
         raise ConfigError(f"{INGRESS_ENV} must be one of {', '.join(INGRESS_MODES)}, not {mode!r}")
     return mode
@@ -152,9 +153,7 @@ class LocalRayCluster:
         ]
         if self.temp_dir:
             cmd.append(f"--temp-dir={self.temp_dir}")
-        self.ingress = self.ingress or ingress_mode()
-        if self.ingress not in INGRESS_MODES:
-            raise ConfigError(f"ingress must be one of {', '.join(INGRESS_MODES)}, not {self.ingress!r}")
+        self.ingress = ingress_mode(self.ingress)
         self._serve_env = haproxy_env() if self.ingress == "haproxy" else {}
         env = {**ray_env(self.cluster_id), **self._serve_env}
         result = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -207,8 +206,8 @@ def stop_cluster(cluster_id: str, dashboard_url: str) -> None:
         env=ray_env(), capture_output=True, text=True, timeout=120,
     )
     kill_tagged_processes(cluster_id, grace_s=10.0)
-    # A raylet that is still alive while its agents die respawns them (seen: DashboardAgent and
-    # RuntimeEnvAgent left running, 240 MB, after a test session): sweep until nothing is left.
+    # One scan misses a process started while we were killing (a worker the raylet was forking):
+    # scan again until nothing is left.
     for _ in range(3):
         if not kill_tagged_processes(cluster_id, grace_s=2.0):
             break
