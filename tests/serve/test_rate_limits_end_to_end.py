@@ -46,7 +46,13 @@ def _leases(stack: ServeStack, key_id: str) -> dict[str, Any]:
 
 
 async def test_rpm_is_exact_across_ingress_replicas(serve_stack: ServeStack) -> None:
-    _, key_id, secret = _limited_key(serve_stack, "rpm-exact", rpm=6)
+    # A tenant limit of its own too, so its window is kept: the key's tighter limit decides.
+    created = serve_stack.admin("POST", "/tenants", {"name": "rpm-exact", "rpm": 100})
+    assert created.status_code == 201, created.text
+    tenant_id = created.json()["id"]
+    key = serve_stack.admin("POST", f"/tenants/{tenant_id}/keys", {"name": "rpm-exact-key", "rpm": 6})
+    assert key.status_code == 201, key.text
+    key_id, secret = key.json()["key"]["id"], key.json()["secret"]
     async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {secret}"}) as http:
         results = await asyncio.gather(
             *(
@@ -66,6 +72,12 @@ async def test_rpm_is_exact_across_ingress_replicas(serve_stack: ServeStack) -> 
     assert rejected.headers["x-ratelimit-remaining-requests"] == "0"
     state = _leases(serve_stack, key_id)
     assert state["requests_in_window"] == 6 and state["remaining_requests"] == 0
+    # The tenant's live view (operator API): it counts the 6 admitted requests, not the 18 the key's
+    # limit refused (a refusal consumes no other limit's quota), and no leases are left.
+    tenant = serve_stack.admin("GET", f"/tenants/{tenant_id}/limits")
+    assert tenant.status_code == 200, tenant.text
+    assert tenant.json()["requests_in_window"] == 6 and tenant.json()["remaining_requests"] == 94
+    assert tenant.json()["active_leases"] == 0
 
 
 def test_headers_on_plain_and_streaming_responses(serve_stack: ServeStack) -> None:
