@@ -211,7 +211,7 @@ async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack:
 
 
 def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_driver: Any) -> None:
-    _, key_id, secret = _limited_key(serve_stack, "replica-killed", max_concurrency=4)
+    tenant_id, key_id, secret = _limited_key(serve_stack, "replica-killed", max_concurrency=4)
     headers = {"authorization": f"Bearer {secret}"}
     # Bounded: the killed replicas cannot cancel these generations (see the wait at the end).
     body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 300, "ignore_eos": True, "stream": True}
@@ -229,6 +229,10 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
             if a["namespace"] == "serve" and "ingress" in a["name"]
         ]
         assert len(ingresses) == 2
+        # What the leases have left when their holders die: they must last that long, not less.
+        # (Renewals come every TTL/3, but one that is late or skipped — the ingress's loop lagging on
+        # a loaded machine — leaves less than 2/3 of the TTL: seen once in CI, gone 2.2 s after.)
+        left_s = min(left for _, left in _lease_holders(serve_stack, {"id": key_id, "tenant_id": tenant_id}))
         for name in ingresses:  # both: whichever holds the leases dies without settling
             ray_driver.kill(ray_driver.get_actor(name, namespace="serve"), no_restart=True)
         killed_at = time.monotonic()
@@ -247,8 +251,10 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
             pass  # Serve is bringing the ingress replicas back
         time.sleep(0.5)
     assert _leases(serve_stack, key_id)["active_leases"] == 0
-    # Expired by TTL, not before: the last renewal (every TTL/3) was at most TTL/3 before the kill.
-    assert time.monotonic() - killed_at >= lease_ttl_s * 2 / 3 - 0.5
+    # Expired by TTL, not before: not released by anyone (the holders are dead), only timed out.
+    released_after = time.monotonic() - killed_at
+    print(f"leases of the killed replicas: {left_s:.2f}s left at the kill, gone {released_after:.2f}s after it")
+    assert released_after >= left_s - 0.5
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not serve_stack.ready().get("ready"):
         time.sleep(1)
