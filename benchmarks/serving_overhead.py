@@ -41,6 +41,7 @@ from openai import AsyncOpenAI
 
 from process_probe import CLIENT, OUTSIDE, CpuAccount, Profiler, find_processes
 from serving_targets import ENGINE_ENV, MODEL, Variant, bare_vllm, bench_dtype, crosslogic_target, log
+from crosslogic.api.timing import parse_server_timing
 from crosslogic.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving_overhead.json"
@@ -86,6 +87,9 @@ class Sample:
     ttft_s: float
     latency_s: float
     output_tokens: int
+    # CrossLogic's Server-Timing stages (ms) of this request, plus `outside`: the client's TTFT
+    # minus the ingress's `total` (HTTP server, ingress proxy, client). Empty for bare vLLM.
+    stages: dict[str, float]
 
 
 async def one_request(client: AsyncOpenAI, max_tokens: int) -> Sample:
@@ -96,6 +100,7 @@ async def one_request(client: AsyncOpenAI, max_tokens: int) -> Sample:
         model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
         temperature=0.0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )
+    stages = parse_server_timing(stream.response.headers.get("server-timing", ""))
     async for chunk in stream:
         # As vLLM's own `bench serve`: the first chunk carrying a choice is the first token.
         if ttft is None and chunk.choices:
@@ -103,7 +108,10 @@ async def one_request(client: AsyncOpenAI, max_tokens: int) -> Sample:
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
     latency = time.perf_counter() - started
-    return Sample(ttft_s=ttft if ttft is not None else latency, latency_s=latency, output_tokens=tokens)
+    ttft = ttft if ttft is not None else latency
+    if "total" in stages:
+        stages["outside"] = ttft * 1000 - stages["total"]
+    return Sample(ttft_s=ttft, latency_s=latency, output_tokens=tokens, stages=stages)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -134,6 +142,7 @@ async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_token
     ttft = [s.ttft_s * 1000 for s in samples]
     latency = [s.latency_s * 1000 for s in samples]
     tokens = sum(s.output_tokens for s in samples)
+    stage_names = sorted({name for s in samples for name in s.stages})
     return {
         "concurrency": concurrency,
         "requests": total,
@@ -146,6 +155,9 @@ async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_token
         "output_tokens": tokens,
         "wall_s": round(wall, 3),
         "output_tokens_per_s": round(tokens / wall, 2) if wall else 0.0,
+        # Median of each stage over the requests (medians do not add up to the TTFT median exactly).
+        "stages_ms_p50": {name: round(quantile([s.stages[name] for s in samples if name in s.stages], 0.5), 2)
+                          for name in stage_names},
         "cpu_s_by_process": cpu.used(),
         "load_avg_1m_before": round(load_before, 2),
     }
@@ -195,6 +207,9 @@ async def run_workload(name: str, base_url: str, api_key: str, args: argparse.Na
             result = await run_level(client, concurrency, total, args.max_tokens, tags)
             log(f"{name}: {concurrency:>2} clients, {result['ok']}/{total} ok: TTFT p50 {result['ttft_ms']['p50']:.1f} ms, "
                 f"{result['output_tokens_per_s']:.1f} tok/s, cpu {result['cpu_s_by_process']}")
+            if result["stages_ms_p50"]:
+                log(f"{name}: {concurrency:>2} clients, stages p50 (ms): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in result["stages_ms_p50"].items()))
             levels.append(result)
         out: dict[str, Any] = {"base_url": base_url, "idle_cpu_cores": idle_cpu, "fixed_costs_ms": fixed,
                                "levels": levels}

@@ -12,6 +12,7 @@ from crosslogic.api.admission import admit
 from crosslogic.api.body import parse, read_json
 from crosslogic.api.context import ApiContext
 from crosslogic.api.relay import relay
+from crosslogic.api.timing import StageTimer
 from crosslogic.engine.base import Endpoint
 from crosslogic.protocol.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -27,23 +28,28 @@ async def serve_openai_request(
     endpoint: Endpoint,
     task: Literal["generate", "embed"],
 ) -> JSONResponse | StreamingResponse:
+    timer = StageTimer()
     # The key first, as OpenAI does: a caller without a valid key learns nothing about the body.
     await ctx.authenticate(request, None)
+    timer.mark("auth")
     data = await read_json(request, ctx.max_body_bytes)
     parsed = parse(schema, data)
+    timer.mark("body")
     auth = await ctx.authenticate(request, parsed.model)  # scope check (cached: microseconds)
     card = ctx.model_card(parsed.model, task)
+    timer.mark("auth")
     admitted = await admit(
         ctx.limiter, auth, request_id=request_id, endpoint=endpoint, body=data,
         model=parsed.model, max_model_len=card.max_model_len, lease_ttl_s=ctx.lease_ttl_s,
     )
+    timer.mark("admit")
     stream = bool(getattr(parsed, "stream", False))
     try:
         return await relay(
             ctx.gateway, parsed.model, endpoint, data, request_id,
             stream=stream, retries=ctx.retries_before_first_token,
             settle=settle_hook(ctx.usage, auth, parsed.model, request_id, ctx.region, admitted),
-            headers=admitted.headers,
+            headers=admitted.headers, timer=timer,
         )
     except BaseException:
         # The relay settles whatever reached it; this covers a failure before it took over.

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from crosslogic.api.gateway import Gateway
+from crosslogic.api.timing import StageTimer
 from crosslogic.engine.base import CHUNK, ERROR, RESPONSE, USAGE, Endpoint, EngineEvent
 from crosslogic.errors import CrossLogicError, UpstreamError
 from crosslogic.routing.hints import RoutingHints
@@ -91,14 +92,17 @@ async def _open(
     request_id: str,
     retries: int,
     outcome: Outcome,
+    timer: StageTimer,
 ) -> tuple[EngineEvent, AsyncIterator[EngineEvent]]:
     excluded: set[str] = set()
     last_error: CrossLogicError | None = None
     for attempt in range(retries + 1):
         hints = RoutingHints(exclude=set(excluded))
+        timer.dispatched()
         events = gateway.stream(model, endpoint, body, request_id, hints).__aiter__()
         try:
             first = await events.__anext__()
+            timer.first_event(first[3] if first[0] == CHUNK and len(first) > 3 else None)
         except StopAsyncIteration:
             last_error = UpstreamError("The engine closed the request without answering.")
         except CrossLogicError as exc:
@@ -140,8 +144,10 @@ async def relay(
     retries: int,
     settle: Settle | None = None,
     headers: dict[str, str] | None = None,
+    timer: StageTimer | None = None,
 ) -> JSONResponse | StreamingResponse:
     outcome = Outcome()
+    timer = timer or StageTimer()
     settled = False
 
     async def finish() -> None:
@@ -156,10 +162,12 @@ async def relay(
             await asyncio.shield(settle(outcome))
 
     try:
-        first, events = await _open(gateway, model, endpoint, body, request_id, retries, outcome)
+        first, events = await _open(gateway, model, endpoint, body, request_id, retries, outcome, timer)
     except BaseException:
         await finish()
         raise
+    # Where the time to this first event went (see crosslogic/api/timing.py).
+    headers = {**(headers or {}), "server-timing": timer.header()}
     if first[0] == ERROR:
         await finish()
         return _error_json(first[1], headers)

@@ -4,8 +4,10 @@ An engine runs one model and answers OpenAI-shaped requests as a stream of event
 tuples rather than pydantic models because one is sent per generated token step across a process
 boundary, where every microsecond counts:
 
-- ``("chunk", str, usage | None)``: SSE text to relay to the client as is (one or more
-  ``data: ...\\n\\n`` events), with the engine's running usage so far (prompt / completion tokens)
+- ``("chunk", str, usage | None[, timing])``: SSE text to relay to the client as is (one or more
+  ``data: ...\\n\\n`` events), with the engine's running usage so far (prompt / completion tokens);
+  the first chunk of a stream adds ``{ENGINE_FIRST_MS: ms}``, the engine's own time from the
+  request's arrival to that chunk (the ``engine`` stage of the ingress's Server-Timing header)
 - ``("response", dict)``: the whole JSON body of a non-streaming response
 - ``("error", dict)``: an OpenAI error body plus ``status`` (the request failed)
 - ``("usage", dict)``: ``prompt_tokens`` / ``completion_tokens`` as the engine counted them; always
@@ -27,6 +29,7 @@ CHUNK = "chunk"
 RESPONSE = "response"
 ERROR = "error"
 USAGE = "usage"
+ENGINE_FIRST_MS = "first_ms"
 
 
 class EngineStats(BaseModel):

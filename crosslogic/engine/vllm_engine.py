@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from crosslogic.config import ModelDeploymentConfig
 from crosslogic.engine.base import (
     CHUNK,
+    ENGINE_FIRST_MS,
     ERROR,
     RESPONSE,
     USAGE,
@@ -214,11 +216,12 @@ class VLLMEngine(Engine):
         self, endpoint: Endpoint, body: dict[str, Any], request_id: str
     ) -> AsyncIterator[EngineEvent]:
         self._in_flight += 1
+        arrived = time.perf_counter()
         try:
             if endpoint == "embeddings":
                 yield await self._embed(body, request_id)
                 return
-            async for event in self._generate_text(endpoint, body, request_id):
+            async for event in self._generate_text(endpoint, body, request_id, arrived):
                 yield event
         finally:
             self._in_flight -= 1
@@ -288,7 +291,7 @@ class VLLMEngine(Engine):
         return (RESPONSE, response.model_dump(mode="json"))
 
     async def _generate_text(
-        self, endpoint: Endpoint, body: dict[str, Any], request_id: str
+        self, endpoint: Endpoint, body: dict[str, Any], request_id: str, arrived: float
     ) -> AsyncIterator[EngineEvent]:
         serving = self._serving(endpoint)
         if serving is None:
@@ -324,12 +327,16 @@ class VLLMEngine(Engine):
             usage = payload.get("usage") or {}
             yield (USAGE, {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)})
             return
+        first = True
         try:
             async for batch in _coalesce(result):
                 text, usage = _strip_usage(batch, keep_final=keep_final, keep_continuous=keep_continuous)
                 # Each chunk carries the engine's running usage, so whoever relays it knows what
-                # was generated even if the stream ends early.
-                if text:
+                # was generated even if the stream ends early; the first one also how long it took.
+                if text and first:
+                    first = False
+                    yield (CHUNK, text, usage, {ENGINE_FIRST_MS: round((time.perf_counter() - arrived) * 1000, 3)})
+                elif text:
                     yield (CHUNK, text, usage)
                 elif usage is not None:
                     yield (USAGE, usage)

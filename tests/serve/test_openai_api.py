@@ -66,6 +66,25 @@ def test_chat_stream_with_include_usage(client: openai.OpenAI) -> None:
     assert usage_chunks[0].usage.prompt_tokens > 0  # type: ignore[union-attr]
 
 
+def test_stream_says_where_its_first_token_time_went(serve_stack: ServeStack, client: openai.OpenAI) -> None:
+    """Server-Timing splits time to first token into our stages; the engine's part is measured in
+    its replica, and the stages add up to no more than the total."""
+    from crosslogic.api.timing import parse_server_timing
+
+    with client.chat.completions.with_streaming_response.create(
+        model=CHAT_MODEL, messages=MESSAGES, max_tokens=4, stream=True
+    ) as resp:
+        stages = parse_server_timing(resp.headers["server-timing"])
+        assert list(resp.iter_lines())
+    assert set(stages) == {"auth", "body", "admit", "engine", "transit", "total"}, stages
+    assert stages["engine"] > 0 and stages["transit"] > 0
+    parts = sum(v for k, v in stages.items() if k != "total")
+    assert parts <= stages["total"] + 0.05, stages
+    # A non-streamed answer arrives whole: no split of the engine's time, but still the total.
+    plain = client.chat.completions.with_raw_response.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=2)
+    assert {"admit", "upstream", "total"} <= set(parse_server_timing(plain.headers["server-timing"]))
+
+
 def test_chat_stream_without_include_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=6, stream=True))
     assert chunks and all(c.usage is None for c in chunks)

@@ -242,19 +242,21 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
                 s.__exit__(None, None, None)
             except Exception:
                 pass
+    # Measured in Redis itself, where the leases live: whether they expire must not depend on how
+    # soon Serve brings an ingress back to answer the admin API (in CI that took over 36 s once).
     lease_ttl_s = 6.0
-    while time.monotonic() - killed_at < lease_ttl_s + 30:
-        try:
-            if _leases(serve_stack, key_id)["active_leases"] == 0:
-                break
-        except (httpx.HTTPError, AssertionError):
-            pass  # Serve is bringing the ingress replicas back
-        time.sleep(0.5)
-    assert _leases(serve_stack, key_id)["active_leases"] == 0
-    # Expired by TTL, not before: not released by anyone (the holders are dead), only timed out.
+    state = {"id": key_id, "tenant_id": tenant_id}
+    while time.monotonic() - killed_at < lease_ttl_s + 5 and any(left > 0 for _, left in _lease_holders(serve_stack, state)):
+        time.sleep(0.05)
     released_after = time.monotonic() - killed_at
     print(f"leases of the killed replicas: {left_s:.2f}s left at the kill, gone {released_after:.2f}s after it")
-    assert released_after >= left_s - 0.5
+    assert not any(left > 0 for _, left in _lease_holders(serve_stack, state)), _lease_holders(serve_stack, state)
+    # Expired by TTL, not before: not released by anyone (the holders are dead), only timed out.
+    assert left_s - 0.5 <= released_after <= lease_ttl_s + 1.0
+    _wait_ingress_replaced(serve_stack, ray_driver)
+    print(f"ingress served again {time.monotonic() - killed_at:.1f}s after the kill")
+    # The operator's view agrees once an ingress answers again.
+    assert _leases(serve_stack, key_id)["active_leases"] == 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not serve_stack.ready().get("ready"):
         time.sleep(1)
@@ -264,7 +266,6 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
         r["in_flight"] for r in serve_stack.engine_replicas().values()
     ):
         time.sleep(1)
-    _wait_ingress_replaced(serve_stack, ray_driver)
 
 
 def _wait_ingress_replaced(stack: ServeStack, ray_driver: Any, replicas: int = 2) -> None:
@@ -279,11 +280,13 @@ def _wait_ingress_replaced(stack: ServeStack, ray_driver: Any, replicas: int = 2
             break
         time.sleep(1)
     headers = {"authorization": f"Bearer {stack.api_key}"}
-    served = 0
+    served, last = 0, ""
     while time.monotonic() < deadline and served < 4 * replicas:
         try:
             resp = httpx.get(f"{stack.openai_base}/models", headers=headers, timeout=10)
             served += resp.status_code == 200
-        except httpx.HTTPError:
-            served = 0
-    assert served >= 4 * replicas, "ingress replicas were not replaced"
+            last = f"{resp.status_code} {resp.text[:200]}"
+        except httpx.HTTPError as exc:
+            served, last = 0, repr(exc)
+            time.sleep(0.2)
+    assert served >= 4 * replicas, f"ingress replicas were not replaced: {ingress}, last answer {last}"
