@@ -65,6 +65,10 @@ VARIANTS: dict[str, Variant] = {
     # and the handle's router on the caller's loop (no thread crossing per request and message).
     "crosslogic_sameloop": Variant(ray_env={"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                                             "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}),
+    # The engine transport: Ray actor calls and the object store (Serve's default) instead of our
+    # default gRPC (`ingress.engine_transport`); and gRPC for every handle of the cluster (Serve's env).
+    "crosslogic_raycalls": Variant(ingress={"engine_transport": "ray"}),
+    "crosslogic_grpc_env": Variant(ray_env={"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}, ingress={"engine_transport": "ray"}),
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
     # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).

@@ -50,6 +50,10 @@ class IngressConfig(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # A request that fails before its first token is retried on another replica this many times.
     retries_before_first_token: int = Field(default=1, ge=0, le=3)
+    # How the ingress's calls reach engine replicas: "grpc", Serve's direct gRPC channel to each
+    # replica (measured on 2 cores: the hop to the first event 3.2 ms vs 6.1 ms p50), or "ray",
+    # Ray actor calls with results through Ray's object store (Serve's default).
+    engine_transport: Literal["grpc", "ray"] = "grpc"
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
 
 

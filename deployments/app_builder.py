@@ -19,22 +19,34 @@ def deployment_name(served_name: str) -> str:
     return "engine-" + re.sub(r"[^a-zA-Z0-9_-]+", "-", served_name).strip("-")
 
 
-def _actor_options(model: ModelDeploymentConfig) -> dict[str, Any]:
-    options = dict(model.ray_actor_options)
-    if model.env:
-        runtime_env = dict(options.get("runtime_env") or {})
-        runtime_env["env_vars"] = {**model.env, **(runtime_env.get("env_vars") or {})}
-        options["runtime_env"] = runtime_env
+# gRPC's default cap on one message is 4 MiB, and Serve keeps it for its inter-deployment channel:
+# with `engine_transport: grpc` a request near the body limit, or an embeddings answer for a few
+# hundred inputs, would fail. Both ends read the cap from their process environment.
+_GRPC_MESSAGE_CAP = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024)}
+
+
+def _with_env(options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """`options` with `env` added to its runtime_env (what the options set themselves wins)."""
+    if not env:
+        return options
+    options = dict(options)
+    runtime_env = dict(options.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+    options["runtime_env"] = runtime_env
     return options
 
 
-def _engine_app(model: ModelDeploymentConfig, router: RouterConfig) -> Application:
+def _actor_options(model: ModelDeploymentConfig, env: dict[str, str]) -> dict[str, Any]:
+    return _with_env(dict(model.ray_actor_options), {**env, **model.env})
+
+
+def _engine_app(model: ModelDeploymentConfig, router: RouterConfig, env: dict[str, str]) -> Application:
     deployment = serve.deployment(
         EngineServer,
         name=deployment_name(model.served_name),
         num_replicas=model.num_replicas,
         max_ongoing_requests=model.max_ongoing_requests,
-        ray_actor_options=_actor_options(model),
+        ray_actor_options=_actor_options(model, env),
         # vLLM start-up (weights, warm-up) takes minutes on a cold node.
         health_check_period_s=10,
         health_check_timeout_s=60,
@@ -54,12 +66,13 @@ def _engine_app(model: ModelDeploymentConfig, router: RouterConfig) -> Applicati
 def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.model_validate(args)
     get_policy(config.router.policy)  # an unknown policy fails the deploy, not the first request
-    engines = {m.served_name: _engine_app(m, config.router) for m in config.models}
+    env = _GRPC_MESSAGE_CAP if config.ingress.engine_transport == "grpc" else {}
+    engines = {m.served_name: _engine_app(m, config.router, env) for m in config.models}
     ingress = serve.deployment(
         IngressServer,
         name="ingress",
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
-        ray_actor_options=config.ingress.ray_actor_options or {"num_cpus": 0},
+        ray_actor_options=_with_env(config.ingress.ray_actor_options or {"num_cpus": 0}, env),
     )
     return ingress.bind(config.model_dump(mode="json"), engines)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 from ray.serve.handle import DeploymentHandle
@@ -26,6 +27,8 @@ _REPLICA_FAILURES = (
     ray_exceptions.RayActorError,
     ray_exceptions.ActorUnavailableError,
     ray_exceptions.RayTaskError,
+    # The gRPC transport raises what Serve does not translate (it maps UNAVAILABLE only).
+    grpc.aio.AioRpcError,
 )
 
 
@@ -35,7 +38,10 @@ class ServeGateway:
     ) -> None:
         self._config = config
         self._billing_enabled = billing_enabled
-        self._handles = {name: h.options(stream=True) for name, h in handles.items()}
+        # By value over gRPC: each event goes straight from the replica to us instead of through
+        # Ray's object store (about 3 ms less to the first token on 2 cores; config.py).
+        by_reference = config.ingress.engine_transport == "ray"
+        self._handles = {name: h.options(stream=True, _by_reference=by_reference) for name, h in handles.items()}
         self._card_handles = handles
         self._cards: dict[str, ModelCard] = {}
         self._refresher: asyncio.Task[None] | None = None

@@ -137,6 +137,16 @@ def test_embeddings(client: openai.OpenAI) -> None:
     assert result.usage.prompt_tokens > 0
 
 
+def test_embeddings_answer_larger_than_a_grpc_message(client: openai.OpenAI) -> None:
+    # 1,500 x 384 floats is ~5 MB as the engine's event: over gRPC's default 4 MiB message cap,
+    # which the engine transport must lift (deployments/app_builder.py). As floats: the client's
+    # default, base64, is 3 MB.
+    inputs = [f"sentence number {i}" for i in range(1500)]
+    result = client.embeddings.create(model=EMBED_MODEL, input=inputs, encoding_format="float")
+    assert [d.index for d in result.data] == list(range(1500))
+    assert all(len(d.embedding) == 384 for d in result.data)
+
+
 def _error(resp: httpx.Response) -> dict[str, object]:
     body = resp.json()
     assert set(body) == {"error"}

@@ -72,6 +72,9 @@ def test_app_config_defaults_and_validation() -> None:
     config = AppConfig.model_validate({"models": [_model("a")]})
     assert config.ingress.max_ongoing_requests > 5  # Serve's default of 5 would throttle everything
     assert config.router.policy == "least_loaded_p2c"
+    assert config.ingress.engine_transport == "grpc"  # the faster hop to the first token
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({"models": [_model("a")], "ingress": {"engine_transport": "http"}})
     with pytest.raises(ValidationError, match="duplicate served_name"):
         AppConfig.model_validate({"models": [_model("a"), _model("a")]})
     with pytest.raises(ValidationError):
@@ -90,6 +93,7 @@ def test_serve_config_yaml_is_a_valid_app_config() -> None:
     assert app["import_path"] == "deployments.app_builder:build_app"
     parsed = AppConfig.model_validate(app["args"])
     assert {m.task for m in parsed.models} == {"generate", "embed"}
+    assert parsed.ingress.engine_transport == "grpc"
     assert config["http_options"]["port"] == 8000
 
 
