@@ -70,17 +70,21 @@ def test_router_actor_restart_rebuilds_from_reports(serve_stack: ServeStack, ray
     with openai.OpenAI(base_url=serve_stack.openai_base, api_key=serve_stack.api_key, max_retries=0) as client:
         for _ in range(3):
             assert client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=4).choices
-    deadline = time.monotonic() + 10
+    # Every engine (the embedding model's too, which `engine_replicas` does not list) re-reports
+    # within its report interval (0.5 s) of the router's return; readiness needs all of them.
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            if ray_driver.get(router.ping.remote(), timeout=2) != before and len(serve_stack.engine_replicas()) == 2:
+            if (ray_driver.get(router.ping.remote(), timeout=2) != before and len(serve_stack.engine_replicas()) == 2
+                    and serve_stack.ready()["ready"]):
                 break
         except Exception:
             pass
         time.sleep(0.2)
     assert ray_driver.get(router.ping.remote()) != before, "router actor did not restart"
     assert len(serve_stack.engine_replicas()) == 2, "engines did not re-report to the restarted router"
-    assert serve_stack.ready()["ready"] is True
+    ready = serve_stack.ready()
+    assert ready["ready"] is True, ready
 
 
 async def test_replica_death_is_retried_before_first_token(serve_stack: ServeStack, ray_driver: Any) -> None:
