@@ -69,6 +69,8 @@ VARIANTS: dict[str, Variant] = {
     # default gRPC (`ingress.engine_transport`); and gRPC for every handle of the cluster (Serve's env).
     "crosslogic_raycalls": Variant(ingress={"engine_transport": "ray"}),
     "crosslogic_grpc_env": Variant(ray_env={"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}, ingress={"engine_transport": "ray"}),
+    # Ray's workers (replicas, HAProxy, vLLM's processes) at nice 0 like Ray's daemons, not Ray's 15.
+    "crosslogic_nice0": Variant(ray_env={"RAY_worker_niceness": "0"}),
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
     # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).

@@ -49,3 +49,15 @@ def test_ray_processes_stay_off_the_engine_workers_cores(serve_stack: ServeStack
             except OSError:
                 continue  # the thread ended meanwhile
             assert not mask & engine_cpus, (_title(proc), tid, mask, engine_cpus)
+
+
+def test_serving_path_runs_at_normal_priority(serve_stack: ServeStack) -> None:
+    """Ray would start its workers at nice 15, below its own daemons; the serving path (HAProxy,
+    ingress and engine replicas, vLLM's processes) runs at 0, as bare vLLM does."""
+    procs = cluster_processes(serve_stack.cluster.cluster_id)
+    serving = [p for p in procs if os.path.basename(_title(p).split(" ")[0]) == "haproxy"
+               or _title(p).startswith(("ray::ServeReplica:crosslogic:", "VLLM::"))]
+    titles = {_title(p).split(" ")[0] for p in serving}
+    assert {"ray::ServeReplica:crosslogic:ingress", "VLLM::Worker", "VLLM::EngineCore"} <= titles, titles
+    niceness = {(_title(p).split(" ")[0], p.pid): p.nice() for p in serving}
+    assert all(n == 0 for n in niceness.values()), niceness
