@@ -79,6 +79,17 @@ class ServeStack:
         return deps[f"engine:{model}"]["data"].get("replicas", {})
 
 
+def process_title(proc: Any) -> str:
+    """What a process calls itself (Ray and vLLM retitle theirs: `ray::ServeReplica:…`, `VLLM::Worker`);
+    "" for one that ended meanwhile."""
+    import psutil
+
+    try:
+        return str((proc.cmdline() or [proc.name()])[0])
+    except psutil.Error:
+        return ""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/serve/" in str(item.fspath).replace(os.sep, "/"):

@@ -8,14 +8,7 @@ from urllib.parse import urlparse
 import psutil
 
 from crosslogic.localstack.ray_cluster import cluster_processes
-from tests.serve.conftest import ServeStack
-
-
-def _title(proc: psutil.Process) -> str:
-    try:
-        return (proc.cmdline() or [proc.name()])[0]
-    except psutil.Error:
-        return ""
+from tests.serve.conftest import ServeStack, process_title as _title
 
 
 def test_http_port_is_served_by_haproxy(serve_stack: ServeStack) -> None:

@@ -12,7 +12,7 @@ import openai
 import psutil
 import pytest
 
-from tests.serve.conftest import CHAT_MODEL, ServeStack
+from tests.serve.conftest import CHAT_MODEL, ServeStack, process_title
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 WINDOW_S = 10.0
@@ -281,15 +281,8 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
 def _ingress_processes(stack: ServeStack) -> list[psutil.Process]:
     from crosslogic.localstack.ray_cluster import cluster_processes
 
-    found = []
-    for proc in cluster_processes(stack.cluster.cluster_id):
-        try:
-            cmdline = proc.cmdline()
-        except psutil.Error:
-            continue
-        if cmdline and cmdline[0].startswith("ray::ServeReplica:crosslogic:ingress"):
-            found.append(proc)
-    return found
+    return [p for p in cluster_processes(stack.cluster.cluster_id)
+            if process_title(p).startswith("ray::ServeReplica:crosslogic:ingress")]
 
 
 def _wait_ingress_replaced(stack: ServeStack, ray_driver: Any, replicas: int = 2) -> None:
