@@ -74,6 +74,8 @@ VARIANTS: dict[str, Variant] = {
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
     # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).
+    # Every admission decided before the engine call (not alongside it for keys with room).
+    "crosslogic_serial_admit": Variant(limits={"overlap_admission": False}),
     "crosslogic_redis": Variant(ray_env={"REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"}),
 }
 # Bare vLLM targets: result key -> stream interval. Each CrossLogic variant is compared with the

@@ -44,6 +44,8 @@ class Variant:
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     # Added to the application's `ingress` settings (e.g. engine_transport).
     ingress: dict[str, Any] = field(default_factory=dict)
+    # Added to the application's `limits` settings (e.g. overlap_admission).
+    limits: dict[str, Any] = field(default_factory=dict)
     # Move the cluster's other threads off the engine worker's cores once ready (cpu_placement), as
     # `crosslogic local up` does.
     placement: bool = True
@@ -145,7 +147,10 @@ async def issue_key(dsn: str, home: Path) -> str:
         await pool.close()
 
 
-def bench_config(http_port: int, engine_kwargs: dict[str, Any], ingress: dict[str, Any] | None = None) -> dict[str, Any]:
+def bench_config(
+    http_port: int, engine_kwargs: dict[str, Any], ingress: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"]["port"] = http_port
     app = config["applications"][0]
@@ -153,6 +158,8 @@ def bench_config(http_port: int, engine_kwargs: dict[str, Any], ingress: dict[st
     app["args"]["models"][0]["num_replicas"] = 1
     app["args"]["models"][0]["engine"].setdefault("engine_kwargs", {}).update(engine_kwargs)
     app["args"]["ingress"].update(ingress or {})
+    if limits:
+        app["args"]["limits"] = {**app["args"].get("limits", {}), **limits}
     return config
 
 
@@ -161,7 +168,7 @@ def _ray_stack(workdir: Path, dsn: str, cluster: LocalRayCluster, variant: Varia
     api_key = asyncio.run(issue_key(dsn, workdir / "home"))
     http_port = free_port()
     config_path = workdir / "serve_config.bench.yaml"
-    config_path.write_text(yaml.safe_dump(bench_config(http_port, variant.engine_kwargs, variant.ingress)))
+    config_path.write_text(yaml.safe_dump(bench_config(http_port, variant.engine_kwargs, variant.ingress, variant.limits)))
     # Every Ray process inherits these from `ray start`: the replicas find the database and secret.
     env = {"DATABASE_URL": dsn, "CROSSLOGIC_ADMIN_JWT_SECRET": secrets.token_urlsafe(48), **variant.ray_env}
     saved = {k: os.environ.get(k) for k in env}

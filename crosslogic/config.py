@@ -82,6 +82,10 @@ class LimitsConfig(BaseModel):
     # A replica that dies with leases frees them within this; long streams renew every third of it.
     lease_ttl_s: float = Field(default=60.0, gt=0, le=3600)
     namespace: str = Field(default="crosslogic:rl", pattern=r"^[A-Za-z0-9:_.-]+$")
+    # A key (and tenant) with room to spare has its admission decided while its engine call already
+    # starts; the first token still waits for the answer (crosslogic/api/headroom.py). Off: every
+    # admission is decided before the engine call (one limiter round trip more to the first token).
+    overlap_admission: bool = True
 
 
 class AppConfig(BaseModel):

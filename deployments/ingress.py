@@ -19,6 +19,7 @@ from crosslogic.admin.routes_limits import limits_router
 from crosslogic.admin.startup import build_admin_deps
 from crosslogic.api.app import build_api
 from crosslogic.api.context import ApiContext
+from crosslogic.api.headroom import Headroom
 from crosslogic.auth.key_authenticator import KeyAuthenticator
 from crosslogic.config import AppConfig
 from crosslogic.metering import UsageRecorder
@@ -74,6 +75,7 @@ class IngressServer:
             region=self._config.region,
             limiter=self._limiter,
             lease_ttl_s=self._config.limits.lease_ttl_s,
+            headroom=Headroom() if self._config.limits.overlap_admission else None,
             max_body_bytes=self._config.ingress.max_body_bytes,
             retries_before_first_token=self._config.ingress.retries_before_first_token,
         )

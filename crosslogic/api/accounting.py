@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from crosslogic.api.admission import Admitted
+from crosslogic.api.admission import AdmissionGate
 from crosslogic.api.relay import Outcome, Settle
 from crosslogic.auth.context import AuthContext
 from crosslogic.metering.records import UsageRecord, UsageStatus
@@ -34,13 +34,16 @@ def _ms(start: float, end: float | None) -> float | None:
 
 
 def settle_hook(
-    sink: UsageSink, auth: AuthContext, model: str, request_id: str, region: str, admitted: Admitted
+    sink: UsageSink, auth: AuthContext, model: str, request_id: str, region: str, admission: AdmissionGate
 ) -> Settle:
     async def settle(outcome: Outcome) -> None:
+        granted = True
         try:
-            await admitted.settle(outcome.prompt_tokens + outcome.completion_tokens)
+            granted = await admission.settle(outcome.prompt_tokens + outcome.completion_tokens)
         except Exception:
             logger.exception("could not settle the rate-limit lease of request %s", request_id)
+        if not granted:
+            return  # refused after an overlapped start: the client got a 429, nothing to meter
         if outcome.replica is None and outcome.first_token_at is None:
             return  # never reached an engine: nothing was processed, nothing to meter
         try:

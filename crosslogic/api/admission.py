@@ -1,4 +1,5 @@
-"""Admission at the ingress: reserve against the key's and tenant's limits before any engine work.
+"""Admission at the ingress: reserve against the key's and tenant's limits before anything reaches the
+client; decided before the engine call, or alongside it when the key has room to spare (`headroom`).
 
 Tokens are reserved at admission as (estimated prompt tokens + the request's max output tokens, or
 what the engine would allow by default) and settled at completion to what the engine counted; the
@@ -11,13 +12,16 @@ under-reservation would let a burst exceed the limit until it settles.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+from crosslogic.api.headroom import Headroom
 from crosslogic.auth.context import AuthContext
 from crosslogic.engine.base import Endpoint
-from crosslogic.ratelimit import LeaseScope, RateLimiter
+from crosslogic.ratelimit import Admission, AdmissionRequest, LeaseScope, RateLimiter
 from crosslogic.ratelimit.headers import rate_limit_error, rate_limit_headers
 from crosslogic.ratelimit.subjects import admission_request_for
 
@@ -77,6 +81,67 @@ class Admitted:
         await stack.aclose()
 
 
+class AdmissionGate:
+    """One request's admission, decided before its engine call or alongside it (`overlapped`).
+
+    `confirm` is what the relay awaits before anything reaches the client: the rate-limit headers, or
+    the 429 the admission raised. `settle` (exactly once in effect, on every path) releases the lease
+    of an admitted request and says whether there was one: a refused request is neither settled nor
+    metered. An overlapped decision keeps running if the request is cancelled meanwhile, so a lease
+    granted after the client left is still released by `settle`.
+    """
+
+    def __init__(self, decision: Admitted | asyncio.Future[Admitted], *, overlapped: bool = False) -> None:
+        self.overlapped = overlapped
+        self._decision: asyncio.Future[Admitted]
+        if isinstance(decision, Admitted):
+            self._decision = asyncio.get_running_loop().create_future()
+            self._decision.set_result(decision)
+        else:
+            self._decision = decision
+        self._started = time.perf_counter()
+        # How long the overlapped admission took, for Server-Timing (its wait is what `admit` shows).
+        self.decision_ms: float | None = None
+        if overlapped:
+            self._decision.add_done_callback(self._timed)
+
+    def _timed(self, _: asyncio.Future[Admitted]) -> None:
+        self.decision_ms = (time.perf_counter() - self._started) * 1000
+
+    async def confirm(self) -> dict[str, str]:
+        admitted = await asyncio.shield(self._decision)
+        return admitted.headers
+
+    async def settle(self, actual_tokens: int) -> bool:
+        try:
+            admitted = await asyncio.shield(self._decision)
+        except asyncio.CancelledError:
+            if self._decision.cancelled():  # the decision itself (loop shutting down), not our caller
+                return False
+            raise
+        except Exception:
+            return False  # refused, or the limiter failed closed: nothing was granted
+        await admitted.settle(actual_tokens)
+        return True
+
+
+async def _decide(
+    limiter: RateLimiter, request: AdmissionRequest, headroom: Headroom | None, *, overlapped: bool
+) -> Admitted:
+    admission: Admission | None = None
+    try:
+        admission = await limiter.admit(request)
+    finally:
+        if headroom is not None:
+            headroom.decided(request, admission, overlapped=overlapped)
+    assert admission is not None
+    if not admission.admitted:
+        raise rate_limit_error(admission)
+    stack = AsyncExitStack()
+    scope = await stack.enter_async_context(LeaseScope(limiter, admission))
+    return Admitted(rate_limit_headers(admission), stack, scope)
+
+
 async def admit(
     limiter: RateLimiter | None,
     auth: AuthContext,
@@ -87,10 +152,13 @@ async def admit(
     model: str,
     max_model_len: int,
     lease_ttl_s: float,
-) -> Admitted:
-    """Admit or raise the 429 (RateLimitError with retry-after headers)."""
+    headroom: Headroom | None = None,
+) -> AdmissionGate:
+    """Start the admission. With room to spare (`headroom`) it is decided alongside the engine call and
+    this returns at once; otherwise it is decided here (raising the 429: RateLimitError with
+    retry-after headers)."""
     if limiter is None:
-        return Admitted({}, None, None)
+        return AdmissionGate(Admitted({}, None, None))
     request = admission_request_for(
         auth,
         request_id=request_id,
@@ -98,9 +166,8 @@ async def admit(
         model=model,
         lease_ttl_s=lease_ttl_s,
     )
-    admission = await limiter.admit(request)
-    if not admission.admitted:
-        raise rate_limit_error(admission)
-    stack = AsyncExitStack()
-    scope = await stack.enter_async_context(LeaseScope(limiter, admission))
-    return Admitted(rate_limit_headers(admission), stack, scope)
+    if headroom is not None and headroom.allows(request):
+        headroom.started(request)
+        task = asyncio.get_running_loop().create_task(_decide(limiter, request, headroom, overlapped=True))
+        return AdmissionGate(task, overlapped=True)
+    return AdmissionGate(await _decide(limiter, request, headroom, overlapped=False))

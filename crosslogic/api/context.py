@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from crosslogic.api.gateway import Gateway
 from crosslogic.api.accounting import UsageSink
+from crosslogic.api.headroom import Headroom
 from crosslogic.auth.context import AuthContext
 from crosslogic.ratelimit.base import RateLimiter
 from crosslogic.engine.base import ModelCard
@@ -31,6 +32,8 @@ class ApiContext:
     # None: no limits enforced (e.g. a single-tenant deployment); otherwise Redis or in-cluster.
     limiter: RateLimiter | None = None
     lease_ttl_s: float = 60.0
+    # Set: a key with room to spare has its admission decided alongside the engine call.
+    headroom: Headroom | None = None
 
     async def authenticate(self, request: Request, model: str | None) -> AuthContext:
         return await self.authenticator.authenticate(request.headers.get("authorization"), model)

@@ -145,7 +145,10 @@ async def relay(
     settle: Settle | None = None,
     headers: dict[str, str] | None = None,
     timer: StageTimer | None = None,
+    confirm: Callable[[], Awaitable[dict[str, str]]] | None = None,
 ) -> JSONResponse | StreamingResponse:
+    """`confirm`: awaited after the first event and before any answer; returns headers to add, or
+    raises the error to answer with instead (the rate-limit admission, see crosslogic/api/admission.py)."""
     outcome = Outcome()
     timer = timer or StageTimer()
     settled = False
@@ -163,9 +166,30 @@ async def relay(
 
     try:
         first, events = await _open(gateway, model, endpoint, body, request_id, retries, outcome, timer)
-    except BaseException:
+    except asyncio.CancelledError:
         await finish()
         raise
+    except BaseException:
+        # The admission answers first, as when it is decided before the engine call: a refused
+        # request gets its 429, not the engine's error.
+        if confirm is not None:
+            try:
+                await confirm()
+            except BaseException:
+                await finish()
+                raise
+        await finish()
+        raise
+    if confirm is not None:
+        # Nothing reaches the client before the admission's answer (decided alongside the engine
+        # call when the key has room): refused, the engine request is aborted and nothing is metered.
+        try:
+            headers = {**(headers or {}), **await confirm()}
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+            await finish()
+            raise
     # Where the time to this first event went (see crosslogic/api/timing.py).
     headers = {**(headers or {}), "server-timing": timer.header()}
     if first[0] == ERROR:

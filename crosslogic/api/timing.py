@@ -5,7 +5,9 @@ into our stages without a profiler:
 
 - ``auth``: key lookup and scope check (cached after the first request of a key)
 - ``body``: reading and validating the JSON body
-- ``admit``: the rate-limit admission (one round trip to Redis or the in-cluster actor)
+- ``admit``: waiting for the rate-limit admission (one round trip to Redis or the in-cluster actor);
+  when it ran alongside the engine call (the key had room, see crosslogic/api/headroom.py), only
+  what the first event still waited for it, and ``admit_overlapped`` is the round trip itself
 - ``engine``: inside the engine replica, from the request's arrival to its first chunk: vLLM's
   request preprocessing (chat template, tokenisation), queueing, prefill and the first decode step
 - ``transit``: dispatch to the first event minus ``engine``: routing, the handle call to the replica
@@ -36,10 +38,18 @@ class StageTimer:
         self._dispatched: float | None = None
 
     def mark(self, stage: str) -> None:
-        """Close `stage`: the time since the previous mark is added to it."""
+        """Close `stage`: the time since the previous mark is added to it (after the first event too:
+        `total` then grows with it, it is the time to the answer's start)."""
         now = time.perf_counter()
         self._stages[stage] = self._stages.get(stage, 0.0) + (now - self._last) * 1000
         self._last = now
+        if "total" in self._stages:
+            self._stages["total"] = (now - self._started) * 1000
+
+    def note(self, stage: str, ms: float | None) -> None:
+        """Record a duration that ran alongside the stages (not part of `total`)."""
+        if ms is not None:
+            self._stages[stage] = ms
 
     def dispatched(self) -> None:
         """The request leaves for an engine (after a retry: the last dispatch counts)."""

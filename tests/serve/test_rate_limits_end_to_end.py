@@ -6,12 +6,14 @@ import asyncio
 import os
 import time
 from typing import Any
+from uuid import UUID
 
 import httpx
 import openai
 import psutil
 import pytest
 
+from crosslogic.api.timing import parse_server_timing
 from tests.serve.conftest import CHAT_MODEL, ServeStack, process_title
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -125,6 +127,85 @@ def test_openai_client_raises_rate_limit_error(serve_stack: ServeStack) -> None:
             client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=1)  # type: ignore[arg-type]
     assert raised.value.code == "rate_limit_exceeded"
     assert 0 < float(raised.value.response.headers["retry-after"]) <= WINDOW_S
+
+
+async def _spend_elsewhere(stack: ServeStack, tenant_id: str, key_id: str, rpm: int) -> int:
+    """Admit requests for the key straight through the shared Redis limiter until it refuses, as
+    another cluster's ingress would; returns how many it got."""
+    from crosslogic.ratelimit import AdmissionRequest, Limits, RateLimitConfig
+    from crosslogic.ratelimit.redis_backend import RedisRateLimiter
+    from crosslogic.ratelimit.subjects import key_subject, tenant_subject
+
+    limits = stack.config["applications"][0]["args"]["limits"]
+    limiter = RedisRateLimiter.from_url(
+        os.environ["REDIS_URL"], RateLimitConfig(window_s=limits["window_s"], namespace=limits["namespace"])
+    )
+    spent = 0
+    try:
+        while True:
+            admission = await limiter.admit(AdmissionRequest(
+                request_id=f"elsewhere-{spent}-{time.time_ns()}", reserved_tokens=1,
+                tenant=tenant_subject(tenant_id, None), key=key_subject(tenant_id, key_id, Limits(rpm=rpm)),
+            ))
+            if not admission.admitted:
+                return spent
+            await limiter.settle(admission, 1)
+            spent += 1
+    finally:
+        await limiter.close()
+
+
+async def test_admission_overlaps_the_engine_call_and_a_late_refusal_leaves_nothing(
+    serve_stack: ServeStack, database_url: str
+) -> None:
+    """A key with room has its admission decided alongside the engine call (Server-Timing
+    `admit_overlapped`). If the quota is spent elsewhere in between (another cluster on the same
+    Redis), the overlapped request still gets its 429 before anything reaches the client: the engine
+    request is aborted, and no lease and no usage row are left."""
+    import asyncpg
+
+    rpm = 40
+    tenant_id, key_id, secret = _limited_key(serve_stack, "overlap", rpm=rpm)
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1}
+    async with httpx.AsyncClient(timeout=60, headers={"authorization": f"Bearer {secret}"}) as http:
+        # Each ingress replica learns the key's room from a first admission, then overlaps.
+        timings = []
+        for _ in range(8):
+            resp = await http.post(f"{serve_stack.openai_base}/chat/completions", json=body)
+            assert resp.status_code == 200, resp.text
+            timings.append(parse_server_timing(resp.headers["server-timing"]))
+        overlapped = [t for t in timings if "admit_overlapped" in t]
+        assert len(overlapped) >= 4, timings
+        # What the first token waited for the admission is less than the admission itself took.
+        assert all(t["admit"] <= t["admit_overlapped"] for t in overlapped), overlapped
+        spent = await _spend_elsewhere(serve_stack, tenant_id, key_id, rpm)
+        assert spent == rpm - 8
+        late = await http.post(f"{serve_stack.openai_base}/chat/completions", json={**body, "max_tokens": 200})
+        after = await http.post(f"{serve_stack.openai_base}/chat/completions", json=body)
+    assert late.status_code == 429, late.text
+    assert late.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "admit_overlapped" in parse_server_timing(late.headers.get("server-timing", "")), late.headers
+    assert int(late.headers["retry-after-ms"]) > 0
+    assert after.status_code == 429
+    state = _leases(serve_stack, key_id)
+    assert state["active_leases"] == 0 and state["requests_in_window"] == rpm, state
+    # The refused request started on an engine: it was aborted there, and it is not metered.
+    deadline = time.monotonic() + 15.0
+    while True:
+        replicas = serve_stack.engine_replicas()
+        if all(r["running"] == 0 and r["waiting"] == 0 for r in replicas.values()):
+            break
+        assert time.monotonic() < deadline, replicas
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.5)  # the usage recorder's flush interval and then some
+    conn = await asyncpg.connect(database_url)
+    try:
+        refused = await conn.fetch("SELECT * FROM usage_ledger WHERE request_id = ANY($1::text[])",
+                                   [late.headers["x-request-id"], after.headers["x-request-id"]])
+        served = await conn.fetchval("SELECT count(*) FROM usage_ledger WHERE key_id = $1", UUID(key_id))
+    finally:
+        await conn.close()
+    assert refused == [] and served == 8
 
 
 async def test_no_lease_leaks_after_cancellations_and_engine_errors(serve_stack: ServeStack) -> None:

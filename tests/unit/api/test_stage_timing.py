@@ -50,3 +50,21 @@ def test_repeated_stage_accumulates() -> None:
     time.sleep(0.005)
     timer.mark("auth")
     assert timer.stages["auth"] >= 10.0 and timer.stages["body"] < 5.0
+
+
+def test_a_wait_after_the_first_event_extends_total_and_overlapped_work_does_not() -> None:
+    # The overlapped admission: its answer may still be awaited after the first event (that wait
+    # counts, in `admit` and `total`); its own round trip ran alongside and is only noted.
+    timer = StageTimer()
+    timer.mark("admit")
+    timer.dispatched()
+    timer.first_event({ENGINE_FIRST_MS: 1.0})
+    before = timer.stages["total"]
+    time.sleep(0.01)
+    timer.mark("admit")
+    timer.note("admit_overlapped", 2.5)
+    stages = parse_server_timing(timer.header())
+    assert stages["admit"] >= 10.0 and stages["total"] >= before + 10.0
+    assert stages["admit_overlapped"] == 2.5
+    timer.note("ignored", None)
+    assert "ignored" not in timer.stages
