@@ -18,6 +18,7 @@ Prints a summary and writes benchmarks/results/ratelimit.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import json
 import os
@@ -234,8 +235,12 @@ async def memory_backend() -> AsyncIterator[tuple[Factory, str]]:
 
 
 @asynccontextmanager
-async def actor_backend() -> AsyncIterator[tuple[Factory, str]]:
+async def actor_backend(stream: bool) -> AsyncIterator[tuple[Factory, str]]:
+    """The in-cluster actor, called through Ray actor calls (`stream=False`) or over its stream
+    (`crosslogic/ratelimit/wire.py`), as the ingress does once `wait_ready` opened it."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # Otherwise Ray 2.60 turns token auth on and leaves ~/.ray/auth_token behind for every later cluster.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     from deployments.ratelimit_actor import ActorRateLimiter
@@ -250,7 +255,10 @@ async def actor_backend() -> AsyncIterator[tuple[Factory, str]]:
         # One actor per window length: the named actor keeps the config it was created with.
         if config.window_s not in actors:
             actors[config.window_s] = RateLimitActor.remote(config)  # type: ignore[attr-defined]
-        return ActorRateLimiter(config, actors[config.window_s])
+        limiter = ActorRateLimiter(config, actors[config.window_s], stream=stream)
+        await limiter.wait_ready()
+        assert limiter.transport == ("stream" if stream else "ray")
+        return limiter
 
     try:
         yield make, "actor"
@@ -261,7 +269,8 @@ async def actor_backend() -> AsyncIterator[tuple[Factory, str]]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     backends = {"redis": redis_backend, "memory": memory_backend}
     if args.actor:
-        backends["actor"] = actor_backend
+        backends["actor_ray"] = functools.partial(actor_backend, stream=False)
+        backends["actor_stream"] = functools.partial(actor_backend, stream=True)
     results: dict[str, Any] = {}
     for name, backend in backends.items():
         async with backend() as (make, namespace):
@@ -271,7 +280,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "tpm_accuracy": await bench_tpm_accuracy(make, namespace, args.window, args.tpm),
             }
         cost = results[name]["cost"]
-        print(f"{name:7s} admit p50 {cost['admit']['p50_ms']:.3f} ms p99 {cost['admit']['p99_ms']:.3f}"
+        print(f"{name:12s} admit p50 {cost['admit']['p50_ms']:.3f} ms p99 {cost['admit']['p99_ms']:.3f}"
               f" | settle p50 {cost['settle']['p50_ms']:.3f} ms"
               f" | pair p50 {cost['admit_plus_settle']['p50_ms']:.3f} ms"
               f" p99 {cost['admit_plus_settle']['p99_ms']:.3f} ms"
@@ -291,7 +300,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="window of the accuracy runs (s)")
     parser.add_argument("--rpm", type=int, default=200)
     parser.add_argument("--tpm", type=int, default=50_000)
-    parser.add_argument("--actor", action="store_true", help="also bench the in-cluster Ray actor")
+    parser.add_argument("--actor", action="store_true",
+                        help="also bench the in-cluster actor, through Ray calls and over its stream")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = asyncio.run(run(args))
     payload = {
@@ -302,9 +313,9 @@ def main() -> None:
         "params": vars(args),
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -74,9 +74,13 @@ VARIANTS: dict[str, Variant] = {
     "crosslogic_stream4": Variant(engine_kwargs={"stream_interval": 4}),
     "crosslogic_tuned_stream4": Variant(ray_env=_TUNED_ENV, engine_kwargs={"stream_interval": 4}),
     # Rate limits in Redis instead of the in-cluster actor (admission and settle are on the request path).
-    # Every admission decided before the engine call (not alongside it for keys with room).
-    "crosslogic_serial_admit": Variant(limits={"overlap_admission": False}),
+    # Admission alongside the engine call for keys with room (`limits.overlap_admission`, off by default).
+    "crosslogic_overlap_admit": Variant(limits={"overlap_admission": True}),
+    # The in-cluster limiter through Ray actor calls instead of its stream (`limits.actor_stream`).
+    "crosslogic_actor_raycalls": Variant(limits={"actor_stream": False}),
     "crosslogic_redis": Variant(ray_env={"REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"}),
+    "crosslogic_redis_overlap_admit": Variant(ray_env={"REDIS_URL": os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"},
+                                              limits={"overlap_admission": True}),
 }
 # Bare vLLM targets: result key -> stream interval. Each CrossLogic variant is compared with the
 # bare server of the same stream interval when that one ran, else with plain bare vLLM.

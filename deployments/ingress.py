@@ -105,7 +105,7 @@ class IngressServer:
         if self._settings.redis_url:
             return build_rate_limiter(config, redis_url=self._settings.redis_url, metrics=metrics)
         # No Redis: limits live in the cluster's named actor (exact within this one cluster).
-        actor = ActorRateLimiter(config)
+        actor = ActorRateLimiter(config, stream=limits.actor_stream)
         await actor.wait_ready()
         return build_rate_limiter(config, redis_url=None, in_cluster=actor, metrics=metrics)
 

@@ -5,11 +5,17 @@ cluster (every decision runs in the actor, one at a time); it is not shared acro
 actor restart forgets the current windows and leases (limits are then briefly lenient, never stricter).
 `ActorRateLimiter` is the `RateLimiter` the ingress uses; it turns an unreachable actor into
 `RateLimitBackendError` so `FailoverRateLimiter` applies the configured fail mode.
+
+The calls travel over a persistent stream to the actor (`crosslogic/ratelimit/wire.py`: 0.3 ms where a
+Ray actor call costs the admission 2.2 ms p50 on 2 cores); Ray actor calls carry them while the stream
+is being (re)established, e.g. right after the actor restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 import ray
@@ -28,11 +34,16 @@ from crosslogic.ratelimit import (
     Subject,
     SubjectState,
 )
+from crosslogic.ratelimit.wire import WireClient, WireServer
+
+logger = logging.getLogger("ray.serve")
 
 RATELIMIT_ACTOR_NAME = "crosslogic-ratelimit"
 NAMESPACE = "crosslogic"
 # A call to a live actor on the same cluster answers in about a millisecond; a dead one must fail fast.
 ACTOR_CALL_TIMEOUT_S = 2.0
+# After a failed attempt to open the stream, calls go through Ray for this long before the next one.
+STREAM_RETRY_S = 1.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -41,6 +52,11 @@ class RateLimitActor:
 
     def __init__(self, config: RateLimitConfig) -> None:
         self._limiter = InMemoryRateLimiter(config, backend_label="actor")
+        self._wire = WireServer(self._limiter)
+
+    async def stream_address(self) -> tuple[str, int]:
+        """Where the stream is served (started on first ask, on this node's address, own event loop)."""
+        return await self._wire.start(ray.util.get_node_ip_address())
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         return self._limiter.admit_now(request)
@@ -69,11 +85,43 @@ class ActorRateLimiter(RateLimiter):
     backend_name = "actor"
 
     def __init__(
-        self, config: RateLimitConfig, actor: Any = None, timeout_s: float = ACTOR_CALL_TIMEOUT_S
+        self, config: RateLimitConfig, actor: Any = None, timeout_s: float = ACTOR_CALL_TIMEOUT_S,
+        *, stream: bool = True,
     ) -> None:
         self._config = config
         self._actor = actor
         self._timeout_s = timeout_s
+        self._stream_enabled = stream
+        self._wire: WireClient | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._next_connect_at = 0.0
+
+    @property
+    def transport(self) -> str:
+        """"stream" while calls go over the stream, else "ray" (actor calls)."""
+        return "stream" if self._wire is not None and self._wire.connected else "ray"
+
+    def status(self) -> tuple[bool, str]:
+        how = "its stream" if self.transport == "stream" else "Ray actor calls"
+        return True, f"in-cluster actor, over {how}"
+
+    def _connect_soon(self) -> None:
+        if not self._stream_enabled or time.monotonic() < self._next_connect_at:
+            return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        self._next_connect_at = time.monotonic() + STREAM_RETRY_S
+        try:
+            host, port = await asyncio.wait_for(self._handle().stream_address.remote(), timeout=self._timeout_s)
+            wire = await WireClient.connect(host, port, timeout_s=self._timeout_s)
+        except Exception as exc:  # actor restarting or gone: Ray calls meanwhile, retry later
+            logger.info("rate-limit stream not available yet: %r", exc)
+            return
+        old, self._wire = self._wire, wire
+        if old is not None:
+            await old.close()
 
     def _handle(self) -> Any:
         # Resolved lazily and again after the actor died for good (e.g. killed by an operator):
@@ -83,6 +131,12 @@ class ActorRateLimiter(RateLimiter):
         return self._actor
 
     async def _call(self, method: str, *args: Any) -> Any:
+        wire = self._wire
+        if wire is not None and wire.connected:
+            # A lost stream fails this call (it may have been applied: never resent) with a
+            # RateLimitBackendError, as a timed-out actor call does; the next calls use Ray.
+            return await wire.call(method, *args)
+        self._connect_soon()
         try:
             ref = getattr(self._handle(), method).remote(*args)
             return await asyncio.wait_for(ref, timeout=self._timeout_s)
@@ -104,6 +158,14 @@ class ActorRateLimiter(RateLimiter):
             await asyncio.wait_for(self._handle().ping.remote(), timeout=timeout_s)
         except (RayActorError, GetTimeoutError, asyncio.TimeoutError) as exc:
             raise RateLimitBackendError(f"rate-limit actor not ready: {exc}") from exc
+        if self._stream_enabled:
+            await self._connect()
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._wire is not None:
+            await self._wire.close()
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         result: Admission = await self._call("admit", request)

@@ -66,5 +66,9 @@ class RateLimiter(abc.ABC):
     async def state(self, subject: Subject) -> SubjectState:
         """Live view of one subject for operators; `subject.limits` are the configured limits."""
 
+    def status(self) -> tuple[bool, str]:
+        """For /ready: whether admissions are being decided as configured, and how."""
+        return True, self.backend_name
+
     async def close(self) -> None:
         """Release connections; the default holds none."""

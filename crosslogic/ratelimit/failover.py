@@ -70,6 +70,13 @@ class FailoverRateLimiter(RateLimiter):
     def degraded(self) -> bool:
         return self._down_until is not None
 
+    def status(self) -> tuple[bool, str]:
+        ok, detail = self.primary.status()
+        if not self.degraded:
+            return ok, detail
+        # Fail-open keeps admitting (each replica its share); fail-closed answers 503 meanwhile.
+        return self.config.fail_mode == "open", f"{detail}: unreachable, failing {self.config.fail_mode}"
+
     async def _on_primary(
         self, operation: str, call: Callable[[], Awaitable[T]]
     ) -> tuple[bool, T | None]:

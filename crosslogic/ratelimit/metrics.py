@@ -90,5 +90,8 @@ class MeteredRateLimiter(RateLimiter):
     async def state(self, subject: Subject) -> SubjectState:
         return await self.inner.state(subject)
 
+    def status(self) -> tuple[bool, str]:
+        return self.inner.status()
+
     async def close(self) -> None:
         await self.inner.close()

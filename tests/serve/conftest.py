@@ -112,6 +112,10 @@ def _test_config(http_port: int) -> dict[str, Any]:
         # (rightly) takes for a Redis outage and fails open. Outages have their own tests
         # (tests/unit/ratelimit/test_ratelimit_redis_outage.py); here Redis is up.
         "redis_timeout_s": 1.0,
+        # Off by default (crosslogic/config.py); on here so both admission paths run through the
+        # suite: the overlapped one in every limit test, the waiting one for every first request
+        # of a key and near every limit.
+        "overlap_admission": True,
         "namespace": f"crosslogic:test:{os.getpid()}:{time.time_ns()}",
     }
     for model in app["args"]["models"]:

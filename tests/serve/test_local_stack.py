@@ -55,6 +55,23 @@ def local_home() -> Iterator[tuple[Path, dict[str, str], Path]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _limited_key_is_exact(base: str, home: Path) -> None:
+    """A key with rpm=2 through the local stack's limiter (the actor, over its stream): 2 answers, then 429."""
+    from crosslogic.admin.local_secret import load_or_create_local_secret, mint_admin_token
+
+    admin = {"authorization": f"Bearer {mint_admin_token(load_or_create_local_secret(home), subject='local-stack-test')}"}
+    tenant = httpx.post(f"{base}/admin/v1/tenants", json={"name": "local-limited"}, headers=admin, timeout=30)
+    assert tenant.status_code == 201, tenant.text
+    key = httpx.post(f"{base}/admin/v1/tenants/{tenant.json()['id']}/keys", json={"name": "rpm-2", "rpm": 2},
+                     headers=admin, timeout=30)
+    assert key.status_code == 201, key.text
+    headers = {"authorization": f"Bearer {key.json()['secret']}"}
+    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    statuses = [httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
+                for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
 def test_local_up_then_down(local_home: tuple[Path, dict[str, str], Path]) -> None:
     home, env, config_path = local_home
     up = subprocess.run(
@@ -78,6 +95,9 @@ def test_local_up_then_down(local_home: tuple[Path, dict[str, str], Path]) -> No
     assert reply.choices[0].message.content
     ready = httpx.get(f"{base}/ready", timeout=10).json()
     assert ready["ready"] and "billing" not in ready["dependencies"]
+    # Without Redis the limits live in the in-cluster actor, reached over its stream (not Ray calls).
+    assert ready["dependencies"]["ratelimit"] == {"ok": True, "detail": "in-cluster actor, over its stream", "data": {}}
+    _limited_key_is_exact(base, home)
 
     down = subprocess.run([CLI, "local", "down"], env=env, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr

@@ -209,5 +209,6 @@ def test_health_and_ready(serve_stack: ServeStack) -> None:
     assert httpx.get(f"{serve_stack.base_url}/health").json() == {"status": "ok"}
     ready = serve_stack.ready()
     assert ready["ready"] is True
-    assert set(ready["dependencies"]) == {"router", f"engine:{CHAT_MODEL}", f"engine:{EMBED_MODEL}", "billing"}
+    assert set(ready["dependencies"]) == {"router", f"engine:{CHAT_MODEL}", f"engine:{EMBED_MODEL}", "billing", "ratelimit"}
+    assert ready["dependencies"]["ratelimit"] == {"ok": True, "detail": "redis", "data": {}}
     assert len(serve_stack.engine_replicas()) == 2

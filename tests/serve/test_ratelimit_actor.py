@@ -19,6 +19,7 @@ import ray  # noqa: E402
 
 from crosslogic.errors import ConflictError  # noqa: E402
 from crosslogic.ratelimit import (  # noqa: E402
+    RateLimitBackendError,
     AdmissionRequest,
     FailoverRateLimiter,
     Limits,
@@ -59,6 +60,15 @@ def _request(tenant: Subject, tokens: int = 10) -> AdmissionRequest:
     return AdmissionRequest(request_id=f"r-{uuid.uuid4().hex}", tenant=tenant, reserved_tokens=tokens)
 
 
+async def _until_stream_lost(limiter: ActorRateLimiter, timeout_s: float = 5.0) -> None:
+    """`ray.kill` returns before the actor's process is gone; the stream sees its end then."""
+    for _ in range(int(timeout_s / 0.05)):
+        if limiter.transport != "stream":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the stream to a killed actor still up after {timeout_s}s")
+
+
 async def test_replicas_share_one_exact_limit(local_ray: None) -> None:
     replicas = [ActorRateLimiter(CONFIG), ActorRateLimiter(CONFIG)]
     tenant = _tenant(rpm=37, tpm=100_000, max_concurrency=150)
@@ -87,11 +97,14 @@ async def test_extend_and_duplicate_through_the_actor(local_ray: None) -> None:
 
 async def test_dead_actor_fails_open_then_recovers(local_ray: None) -> None:
     config = RateLimitConfig(window_s=30.0, probe_interval_s=0.2, replicas=2)
-    limiter = FailoverRateLimiter(ActorRateLimiter(config, timeout_s=1.0), config)
+    actor_client = ActorRateLimiter(config, timeout_s=1.0)
+    limiter = FailoverRateLimiter(actor_client, config)
     tenant = _tenant(rpm=10)
     assert (await limiter.admit(_request(tenant))).backend == "actor"
 
     ray.kill(get_ratelimit_actor(config), no_restart=True)
+    # The kill takes effect asynchronously: until the process is gone its stream still answers.
+    await _until_stream_lost(actor_client)
     local = [await limiter.admit(_request(tenant)) for _ in range(8)]
     assert all(a.backend == "local" for a in local)
     assert sum(a.admitted for a in local) == 5
@@ -118,4 +131,38 @@ async def test_full_stack_with_ray_metrics(local_ray: None) -> None:
     assert (await limiter.settle(admitted, 3)).lease_released
     metrics.record_backend_error(backend="actor", operation="admit")
     metrics.record_fail_mode(decision="open")
+    await limiter.close()
+
+
+async def test_calls_go_over_the_stream_and_survive_an_actor_restart(local_ray: None) -> None:
+    """After `wait_ready` the calls travel over the stream (not Ray calls). The actor dies and Ray
+    restarts it: the call in flight fails as a backend error (never resent), calls go through Ray
+    meanwhile, and the stream comes back to the new actor."""
+    config = RateLimitConfig(window_s=30.0, namespace="wire-restart")
+    limiter = ActorRateLimiter(config, timeout_s=2.0)
+    await limiter.wait_ready()
+    assert limiter.transport == "stream"
+    tenant = _tenant(rpm=100, max_concurrency=50)
+    admitted = await asyncio.gather(*(limiter.admit(_request(tenant)) for _ in range(20)))
+    assert all(a.admitted and a.backend == "actor" for a in admitted)
+    state = await limiter.state(tenant)
+    assert state.requests_in_window == 20 and state.active_leases == 20
+
+    ray.kill(get_ratelimit_actor(config), no_restart=False)
+    await _until_stream_lost(limiter)
+    outcomes: list[str] = []
+    for _ in range(100):
+        try:
+            await limiter.admit(_request(tenant))
+            outcomes.append(limiter.transport)
+        except RateLimitBackendError:
+            outcomes.append("backend error")
+        if outcomes[-1] == "stream":
+            break
+        await asyncio.sleep(0.1)
+    print(f"calls after the restart: {outcomes}")
+    assert outcomes[-1] == "stream", outcomes
+    # The restarted actor starts empty (documented: briefly lenient after a restart), and is served
+    # over the new stream.
+    assert (await limiter.state(tenant)).requests_in_window <= len(outcomes) < 100
     await limiter.close()

@@ -73,6 +73,8 @@ def test_app_config_defaults_and_validation() -> None:
     assert config.ingress.max_ongoing_requests > 5  # Serve's default of 5 would throttle everything
     assert config.router.policy == "least_loaded_p2c"
     assert config.ingress.engine_transport == "grpc"  # the faster hop to the first token
+    assert config.limits.actor_stream is True  # admit 0.18 vs 1.3 ms through Ray actor calls
+    assert config.limits.overlap_admission is False  # measured not to pay on 2 cores
     with pytest.raises(ValidationError):
         AppConfig.model_validate({"models": [_model("a")], "ingress": {"engine_transport": "http"}})
     with pytest.raises(ValidationError, match="duplicate served_name"):

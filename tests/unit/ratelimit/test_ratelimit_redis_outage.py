@@ -129,9 +129,11 @@ async def test_fail_open_uses_the_local_share_and_recovers(redis_process: RedisP
     async with _running(redis_process, "open", rpm=11) as (limiter, metrics, tenant):
         shared = await admit(limiter, tenant)
         assert shared.admitted and shared.backend == "redis"
+        assert limiter.status() == (True, "redis")  # what /ready shows
 
         await redis_process.kill()
         outcomes = [await _timed_admit(limiter, tenant) for _ in range(10)]
+        assert limiter.status() == (True, "redis: unreachable, failing open")
         assert max(elapsed for _, elapsed in outcomes) < 0.5
         local = [a for a, _ in outcomes]
         assert all(getattr(a, "backend", None) == "local" for a in local)
@@ -160,8 +162,10 @@ async def test_fail_closed_refuses_with_503_and_recovers(redis_process: RedisPro
             assert isinstance(result, ServiceUnavailableError) and elapsed < 0.5
             assert result.status_code == 503 and result.headers["retry-after"] == "1"
         assert metrics.fail_mode.count("closed") == 5
+        assert limiter.status() == (False, "redis: unreachable, failing closed")  # /ready: not ready
         await redis_process.start()
         await _wait_for_recovery(limiter, tenant)
+        assert limiter.status() == (True, "redis")
 
 
 async def test_frozen_redis_times_out_instead_of_hanging(redis_process: RedisProcess) -> None:
