@@ -89,6 +89,11 @@ class ServeGateway:
                 # Client gone or request failed: cancel the replica's work (aborts the vLLM request).
                 response.cancel()
 
+    def _transport(self, model: str) -> str:
+        """How calls to this model's engines travel, read from the handle the requests use."""
+        by_reference = getattr(self._handles[model].handle_options, "_by_reference", True)
+        return "ray" if by_reference else "grpc"
+
     async def readiness(self) -> Readiness:
         deps: dict[str, DependencyStatus] = {}
         engines: dict[str, Any] = {}
@@ -102,7 +107,8 @@ class ServeGateway:
             deps[f"engine:{m.served_name}"] = DependencyStatus(
                 ok=bool(fresh) and m.served_name in self._cards,
                 detail=f"{len(fresh)} healthy replicas of {m.num_replicas}",
-                data={"replicas": {rid: engines[rid]["stats"] for rid in fresh}},
+                data={"replicas": {rid: engines[rid]["stats"] for rid in fresh},
+                      "transport": self._transport(m.served_name)},
             )
         if self._billing_enabled:
             deps["billing"] = await _billing_status()

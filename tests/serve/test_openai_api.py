@@ -212,3 +212,7 @@ def test_health_and_ready(serve_stack: ServeStack) -> None:
     assert set(ready["dependencies"]) == {"router", f"engine:{CHAT_MODEL}", f"engine:{EMBED_MODEL}", "billing", "ratelimit"}
     assert ready["dependencies"]["ratelimit"] == {"ok": True, "detail": "redis", "data": {}}
     assert len(serve_stack.engine_replicas()) == 2
+    # The engine calls go over Serve's direct gRPC channel (ingress.engine_transport), as the
+    # handles the requests use are set up: not Ray actor calls through the object store.
+    chat = ready["dependencies"][f"engine:{CHAT_MODEL}"]["data"]
+    assert chat["transport"] == "grpc", chat
