@@ -76,9 +76,11 @@ def test_stream_says_where_its_first_token_time_went(serve_stack: ServeStack, cl
     ) as resp:
         stages = parse_server_timing(resp.headers["server-timing"])
         assert list(resp.iter_lines())
-    assert set(stages) == {"auth", "body", "admit", "engine", "transit", "total"}, stages
+    # admit_overlapped: the admission's own round trip when it ran alongside the engine call (on in
+    # the suite's config; this key has no limits, so always): not a part of the total.
+    assert set(stages) - {"admit_overlapped"} == {"auth", "body", "admit", "engine", "transit", "total"}, stages
     assert stages["engine"] > 0 and stages["transit"] > 0
-    parts = sum(v for k, v in stages.items() if k != "total")
+    parts = sum(v for k, v in stages.items() if k not in {"total", "admit_overlapped"})
     assert parts <= stages["total"] + 0.05, stages
     # A non-streamed answer arrives whole: no split of the engine's time, but still the total.
     plain = client.chat.completions.with_raw_response.create(model=CHAT_MODEL, messages=MESSAGES, max_tokens=2)
