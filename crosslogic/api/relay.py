@@ -143,7 +143,6 @@ async def relay(
     stream: bool,
     retries: int,
     settle: Settle | None = None,
-    headers: dict[str, str] | None = None,
     timer: StageTimer | None = None,
     confirm: Callable[[], Awaitable[dict[str, str]]] | None = None,
 ) -> JSONResponse | StreamingResponse:
@@ -166,39 +165,35 @@ async def relay(
 
     try:
         first, events = await _open(gateway, model, endpoint, body, request_id, retries, outcome, timer)
-    except asyncio.CancelledError:
-        await finish()
-        raise
-    except BaseException:
-        # The admission answers first, as when it is decided before the engine call: a refused
-        # request gets its 429, not the engine's error.
-        if confirm is not None:
-            try:
+    except BaseException as exc:
+        try:
+            # The admission answers first, as when it is decided before the engine call: a refused
+            # request gets its 429, not the engine's error (a client gone waits for nothing).
+            if confirm is not None and not isinstance(exc, asyncio.CancelledError):
                 await confirm()
-            except BaseException:
-                await finish()
-                raise
-        await finish()
+        finally:
+            await finish()
         raise
+    headers: dict[str, str] = {}
     if confirm is not None:
         # Nothing reaches the client before the admission's answer (decided alongside the engine
         # call when the key has room): refused, the engine request is aborted and nothing is metered.
         try:
-            headers = {**(headers or {}), **await confirm()}
+            headers = await confirm()
         except BaseException:
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
             await finish()
             raise
     # Where the time to this first event went (see crosslogic/api/timing.py).
-    headers = {**(headers or {}), "server-timing": timer.header()}
+    headers = {**headers, "server-timing": timer.header()}
     if first[0] == ERROR:
         await finish()
         return _error_json(first[1], headers)
     outcome.first_token_at = time.monotonic()
     if outcome.replica:
         # Which engine replica answered: for operators tracing a request, and for routing tests.
-        headers = {**(headers or {}), "x-crosslogic-replica": outcome.replica}
+        headers = {**headers, "x-crosslogic-replica": outcome.replica}
     if not stream:
         try:
             return await _collect(first, events, outcome, headers)
@@ -216,7 +211,7 @@ async def relay(
         _stream(first, events, outcome, close, request_id),
         close,
         media_type="text/event-stream",
-        headers={**_SSE_HEADERS, **(headers or {})},
+        headers={**_SSE_HEADERS, **headers},
     )
 
 
