@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # cpu on a laptop / CPU node; `make install EXTRAS=gpu,dev` on a GPU node.
 EXTRAS ?= cpu,dev
+# SkyPilot (`crosslogic cluster`) in its own venv: it pins click below what vLLM's deps need.
+CLOUD_VENV := .venv-cloud
+SKYPILOT_VERSION := 0.14.1
 
-.PHONY: install run test test-unit test-serve bench clean
+.PHONY: install cloud-env run lint test test-unit test-serve bench clean
 
 install: $(VENV)/.installed
 
@@ -22,13 +25,30 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton || true
 	@touch $@
 
+# The operator's SkyPilot environment; crosslogic itself without dependencies, so the driver module
+# (crosslogic/cloud/driver.py: stdlib, yaml, sky) imports. About 30 s on a fresh machine.
+cloud-env: $(CLOUD_VENV)/.installed
+
+$(CLOUD_VENV)/.installed: Makefile
+	@test -x $(CLOUD_VENV)/bin/python || $(PYTHON) -m venv $(CLOUD_VENV)
+	$(CLOUD_VENV)/bin/pip install -q 'skypilot==$(SKYPILOT_VERSION)' pyyaml
+	$(CLOUD_VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
 run: install
 	$(VENV)/bin/crosslogic local up
 
-test: install
+# ruff over the tree and mypy --strict over crosslogic/, billing/, deployments/ (pyproject.toml):
+# a lint or type error fails `make test` before any test runs. mypy keeps its cache in .mypy_cache,
+# so a re-run checks only what changed (timings in the README).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: install cloud-env lint
 	$(VENV)/bin/pytest -p no:cacheprovider
 
-test-unit: install
+test-unit: install cloud-env
 	$(VENV)/bin/pytest -p no:cacheprovider -m "not serve"
 
 test-serve: install
@@ -38,4 +58,4 @@ bench: install
 	$(PY) benchmarks/serving_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CLOUD_VENV) build *.egg-info

@@ -23,10 +23,10 @@ from typing import Any
 import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "admin"))
-from jwks_server import ec_key, public_jwk, rsa_key, serve_jwks  # noqa: E402
+from jwks_server import ec_key, public_jwk, rsa_key, serve_jwks
 
-from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier  # noqa: E402
-from crosslogic.admin.local_secret import mint_admin_token  # noqa: E402
+from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
+from crosslogic.admin.local_secret import mint_admin_token
 
 SECRET = "bench-" + "Zr8Kq2Lm5Np7Tx9Vb3Wc6Yd1Fg4Hj0Ks"
 AUDIENCE = "crosslogic-admin-bench"
@@ -55,7 +55,8 @@ async def run(n: int) -> dict[str, Any]:
         rsa, ec = rsa_key(), ec_key()
         idp.publish(public_jwk(rsa, "r", "RS256"), public_jwk(ec, "e", "ES256"))
         oidc = AdminJWTVerifier(AdminAuthConfig(oidc_issuer=idp.issuer, oidc_audience=AUDIENCE))
-        claims = {"sub": "bench", "iss": idp.issuer, "aud": AUDIENCE, "exp": int(time.time()) + 600,
+        claims = {"sub": "bench", "iss": idp.issuer, "aud": AUDIENCE, "iat": int(time.time()),
+                  "exp": int(time.time()) + 600,
                   "scope": "admin:read"}
         try:
             results["RS256"] = await timed(oidc, jwt.encode(claims, rsa, "RS256", headers={"kid": "r"}), n)

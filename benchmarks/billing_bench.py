@@ -30,16 +30,16 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from billing import outbox  # noqa: E402
-from billing.config import BillingConfig  # noqa: E402
-from billing.exporter import MeterExporter  # noqa: E402
-from billing.stripe_sender import StripeMeterSender  # noqa: E402
-from crosslogic.metering import UsageRecord, UsageRecorder, UsageStatus  # noqa: E402
-from tests.stripe_server import StripeTestServer  # noqa: E402
+from billing import outbox
+from billing.config import BillingConfig
+from billing.exporter import MeterExporter
+from billing.stripe_sender import StripeMeterSender
+from crosslogic.metering import UsageRecord, UsageRecorder, UsageStatus
+from tests.stripe_server import StripeTestServer
 
 # The throw-away database (DATABASE_URL's server or embedded) exactly as the auth benchmark makes it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from auth_bench import bench_database  # noqa: E402
+from auth_bench import bench_database
 
 RESULTS = Path(__file__).parent / "results" / "billing.json"
 API_KEY = "sk_test_bench_" + "b" * 24

@@ -9,6 +9,8 @@ accuracy: two "replicas" (independent clients) with 16 concurrent clients each r
 
 Backends: redis (REDIS_URL or redis://127.0.0.1:6379/0, keys under a throw-away namespace), memory
 (in-process), and with --actor the in-cluster Ray actor (starts a tiny local Ray, GCS on a random port).
+connect (--actor): what opening the actor's stream costs, once per connection: the TCP connect, then
+the mutual HMAC handshake (crosslogic/ratelimit/wire_protocol.py) until the first call may go.
 
     .venv/bin/python benchmarks/ratelimit_bench.py [--cycles N] [--window S] [--actor]
 
@@ -18,8 +20,8 @@ Prints a summary and writes benchmarks/results/ratelimit.json.
 from __future__ import annotations
 
 import argparse
-import functools
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -266,6 +268,27 @@ async def actor_backend(stream: bool) -> AsyncIterator[tuple[Factory, str]]:
         ray.shutdown()
 
 
+async def bench_connect(rounds: int) -> dict[str, Any]:
+    """TCP connect and handshake to the actor's stream, each timed; the connection closes right after."""
+    from crosslogic.ratelimit.wire_protocol import client_handshake
+    from deployments.ratelimit_actor import get_ratelimit_actor
+
+    endpoint = await get_ratelimit_actor(RateLimitConfig()).stream_address.remote()
+    tcp_s, handshake_s = [], []
+    for i in range(rounds + 10):
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        t1 = time.perf_counter()
+        await client_handshake(reader, writer, endpoint.secret)
+        t2 = time.perf_counter()
+        writer.close()
+        await writer.wait_closed()
+        if i >= 10:
+            tcp_s.append(t1 - t0)
+            handshake_s.append(t2 - t1)
+    return {"rounds": rounds, "tcp_connect": _ms(tcp_s), "handshake": _ms(handshake_s)}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     backends = {"redis": redis_backend, "memory": memory_backend}
     if args.actor:
@@ -279,12 +302,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "rpm_accuracy": await bench_rpm_accuracy(make, namespace, args.window, args.rpm),
                 "tpm_accuracy": await bench_tpm_accuracy(make, namespace, args.window, args.tpm),
             }
+            if name == "actor_stream":
+                results[name]["connect"] = await bench_connect(200)
         cost = results[name]["cost"]
         print(f"{name:12s} admit p50 {cost['admit']['p50_ms']:.3f} ms p99 {cost['admit']['p99_ms']:.3f}"
               f" | settle p50 {cost['settle']['p50_ms']:.3f} ms"
               f" | pair p50 {cost['admit_plus_settle']['p50_ms']:.3f} ms"
               f" p99 {cost['admit_plus_settle']['p99_ms']:.3f} ms"
               f" | {cost['concurrent_32_clients_pairs_per_s']:.0f} pairs/s (32 clients)")
+        if "connect" in results[name]:
+            connect = results[name]["connect"]
+            print(f"        once per connection: TCP connect p50 {connect['tcp_connect']['p50_ms']:.3f} ms,"
+                  f" handshake p50 {connect['handshake']['p50_ms']:.3f} ms"
+                  f" p99 {connect['handshake']['p99_ms']:.3f} ms")
         rpm = results[name]["rpm_accuracy"]
         print(f"        RPM={rpm['limit']} per {rpm['window_s']}s window, admitted in sliding windows: "
               f"{list(rpm['admitted_per_window'].values())} ({rpm['attempts']} attempts)")

@@ -31,7 +31,7 @@ from typing import Any
 
 from crosslogic.engine.base import EngineStats
 from crosslogic.routing.load_table import LoadTable, RouterView
-from crosslogic.routing.policies import POLICIES, get_policy
+from crosslogic.routing.policies import POLICIES, make_policy
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "router_hop.json")
 OTHER_INGRESSES = 3
@@ -68,14 +68,14 @@ def bench_in_process(replicas: int, calls: int) -> dict[str, Any]:
     rng = random.Random(1)
     out: dict[str, Any] = {}
     for name in POLICIES:
-        policy = get_policy(name)
+        policy = make_policy(name, rng=rng)
         for _ in range(min(calls, 1000)):  # warm caches and the interpreter's specialisations
-            policy(ids, view, local, rng)
+            policy.rank(ids, view, local, None)
         samples: list[int] = []
         clock = time.perf_counter_ns
         for _ in range(calls):
             started = clock()
-            policy(ids, view, local, rng)
+            policy.rank(ids, view, local, None)
             samples.append(clock() - started)
         out[name] = summarize_us(samples)
     # The actor-side share of a sync: building the view for one ingress and serialising it.
@@ -104,12 +104,11 @@ def decision_actor_class() -> Any:
 
         def __init__(self, replicas: int, policy: str) -> None:
             self._table, self._ids, _ = populated_table(replicas)
-            self._policy = get_policy(policy)
-            self._rng = random.Random(1)
+            self._policy = make_policy(policy, rng=random.Random(1))
 
         def choose(self, ingress_id: str, local: dict[str, int]) -> str:
             view = self._table.view(time.monotonic(), for_ingress=ingress_id).replicas
-            return self._policy(self._ids, view, local, self._rng)[0]
+            return self._policy.rank(self._ids, view, local, None)[0]
 
         def choose_cached_view(self, local: dict[str, int]) -> str:
             # Lower bound: the actor keeps a precomputed view, so the hop is nearly all transport.

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from process_probe import CLIENT, OUTSIDE, TAG, CpuAccount
+
 from crosslogic.localstack.ray_cluster import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_floor.json"
@@ -130,9 +130,9 @@ async def measure(base: str, args: argparse.Namespace, tags: set[str]) -> dict[s
 def run_plain(args: argparse.Namespace, tag: str) -> dict[str, Any]:
     port = free_port()
     code = (
-        "import sys, uvicorn; sys.path.insert(0, %r); import serve_floor as f; "
-        "uvicorn.run(f.build_fastapi(), host='127.0.0.1', port=%d, log_level='warning')"
-    ) % (str(Path(__file__).parent), port)
+        f"import sys, uvicorn; sys.path.insert(0, {str(Path(__file__).parent)!r}); import serve_floor as f; "
+        f"uvicorn.run(f.build_fastapi(), host='127.0.0.1', port={port:d}, log_level='warning')"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, TAG: tag})
     try:
         base = f"http://127.0.0.1:{port}"

@@ -38,9 +38,9 @@ from typing import Any
 import httpx
 import psutil
 from openai import AsyncOpenAI
-
 from process_probe import CLIENT, OUTSIDE, CpuAccount, Profiler, find_processes
 from serving_targets import ENGINE_ENV, MODEL, Variant, bare_vllm, bench_dtype, crosslogic_target, log
+
 from crosslogic.api.timing import parse_server_timing
 from crosslogic.settings import Settings
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 import yaml
-
 from process_probe import TAG
+
 from crosslogic.localstack.ray_cluster import LocalRayCluster, free_port, kill_tagged_processes, wait_ready
 from crosslogic.settings import Settings
 
@@ -139,7 +139,7 @@ async def issue_key(dsn: str, home: Path) -> str:
     from crosslogic.localstack.dev_tenant import ensure_dev_key
     from crosslogic.storage.pool import open_database
 
-    pool = await open_database(Settings.from_env().model_copy(update={"database_url": dsn}))
+    pool = await open_database(Settings.from_env().with_database_url(dsn))
     try:
         secret, _ = await ensure_dev_key(pool, home)
         return secret

@@ -12,8 +12,9 @@ from pydantic import BaseModel
 
 from billing.dead_letters import DeadLetter, list_dead_letters, replay_dead_letter
 from billing.reconcile import ReconcileRow, reconcile
-from crosslogic.admin.audit import write_audit
-from crosslogic.admin.deps import AdminCall
+from crosslogic.admin.deps import AdminCall, AdminDeps, require_scope
+from crosslogic.admin.jwt_auth import AdminScope
+from crosslogic.audit.log import write_audit
 
 
 class DeadLetterList(BaseModel):
@@ -24,6 +25,13 @@ class DeadLetterList(BaseModel):
 class Reconciliation(BaseModel):
     object: Literal["billing_reconciliation"] = "billing_reconciliation"
     data: list[ReconcileRow]
+
+
+def billing_admin_router(deps: AdminDeps) -> APIRouter:
+    """The routes behind the admin plane's scopes: `build_admin_router(..., extra=[billing_admin_router(deps)])`."""
+    return build_billing_admin_router(
+        deps.pool, require_scope(deps, AdminScope.READ), require_scope(deps, AdminScope.WRITE)
+    )
 
 
 def build_billing_admin_router(
@@ -49,7 +57,7 @@ def build_billing_admin_router(
     @router.post("/dead-letters/{letter_id}/replay", summary="Queue a dead letter again")
     async def replay(
         letter_id: Annotated[int, Path(ge=1)],
-        call: AdminCall = Depends(writer),  # noqa: B008
+        call: AdminCall = Depends(writer),
     ) -> DeadLetter:
         async with pool.acquire() as conn, conn.transaction():
             letter = await replay_dead_letter(conn, letter_id, call.principal.subject)

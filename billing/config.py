@@ -83,16 +83,17 @@ class BillingConfig(BaseModel):
         env = os.environ if env is None else env
         settings = settings or Settings.from_env()
         try:
-            config = cls(
-                enabled=settings.billing_enabled,
-                stripe_api_key=settings.stripe_api_key,
-                stripe_api_base=env.get(ENV_API_BASE) or None,
-                webhook_secret=settings.stripe_webhook_secret,
-                input_meter_event=env.get(ENV_INPUT_METER) or None,
-                output_meter_event=env.get(ENV_OUTPUT_METER) or None,
-                alert_unexported_age_s=env.get(ENV_ALERT_AGE) or 3600,
-                export_from=env.get(ENV_EXPORT_FROM) or None,
-            )
+            # Text from the environment: pydantic parses the number and the timestamp (or refuses them).
+            config = cls.model_validate({
+                "enabled": settings.billing_enabled,
+                "stripe_api_key": settings.stripe_api_key,
+                "stripe_api_base": env.get(ENV_API_BASE) or None,
+                "webhook_secret": settings.stripe_webhook_secret,
+                "input_meter_event": env.get(ENV_INPUT_METER) or None,
+                "output_meter_event": env.get(ENV_OUTPUT_METER) or None,
+                "alert_unexported_age_s": env.get(ENV_ALERT_AGE) or 3600,
+                "export_from": env.get(ENV_EXPORT_FROM) or None,
+            })
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])

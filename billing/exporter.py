@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from billing import outbox
 from billing.config import BillingConfig
 from billing.outbox import OutboxRow
 from billing.stripe_sender import MeterEvent, Outcome, SendResult, StripeMeterSender
+from crosslogic.backoff import Backoff
 from crosslogic.metering.metrics import AlertThrottle, Metrics, alert
 
 log = logging.getLogger(__name__)
@@ -55,14 +57,19 @@ class MeterExporter:
     ) -> None:
         self._pool = pool
         self._config = config
+        # Full jitter: the rows of one failed batch (a Stripe 429 or outage) come due spread out.
+        self._retry_backoff = Backoff(config.retry_base_s, config.retry_max_s)
         self._sender = sender
         self.owner = owner or default_owner()
         self.metrics = metrics or Metrics("crosslogic_billing")
         self._alerts = AlertThrottle()
 
-    async def run_forever(self) -> None:
+    async def run_forever(self, on_cycle: Callable[[], None] | None = None) -> None:
+        """`on_cycle`: called after each finished cycle (loop liveness for /ready)."""
         while True:
             await self.run_cycle()
+            if on_cycle is not None:
+                on_cycle()
             await asyncio.sleep(self._config.interval_s)
 
     async def run_cycle(self) -> CycleReport:
@@ -156,8 +163,7 @@ class MeterExporter:
     def _retry_delay(self, row: OutboxRow, result: SendResult) -> float:
         if row.customer_id is None:
             return self._config.missing_customer_retry_s
-        exp = self._config.retry_base_s * 2 ** min(max(row.attempts - 1, 0), 20)
-        return min(self._config.retry_max_s, exp) * random.uniform(0.5, 1.0)
+        return self._retry_backoff.delay(row.attempts, retry_after_s=result.retry_after_s)
 
     async def _check_age(self, report: CycleReport) -> None:
         oldest = await outbox.oldest_unexported(self._pool, self._config.export_from)

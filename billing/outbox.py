@@ -29,10 +29,12 @@ WITH picked AS (
 ), marked AS (
     UPDATE usage_ledger l SET outbox_batch = $2
     FROM picked WHERE l.request_id = picked.request_id
-    RETURNING l.tenant_id, l.created_at, l.prompt_tokens, l.completion_tokens
+    RETURNING l.tenant_id, l.created_at, l.prompt_tokens, l.completion_tokens, l.price_multiplier
 ), per_hour AS (
     SELECT tenant_id, date_trunc('hour', created_at, 'UTC') AS hour, min(created_at) AS oldest,
-           sum(prompt_tokens)::bigint AS input_tokens, sum(completion_tokens)::bigint AS output_tokens
+           -- Batch lines count at their price multiplier (1 for interactive rows: unchanged sums).
+           round(sum(prompt_tokens * price_multiplier))::bigint AS input_tokens,
+           round(sum(completion_tokens * price_multiplier))::bigint AS output_tokens
     FROM marked GROUP BY 1, 2
 ), inserted AS (
     INSERT INTO billing_outbox (batch_id, tenant_id, meter, hour, value, identifier, oldest_usage_at)
@@ -118,6 +120,7 @@ async def aggregate_ledger(
     async with pool.acquire() as conn, conn.transaction():
         batch_id = await conn.fetchval("SELECT nextval('billing_batch_seq')")
         row = await conn.fetchrow(_AGGREGATE, limit, batch_id, export_from)
+    assert row is not None  # an aggregate without GROUP BY always returns its one row
     return AggregateResult(batch_id, row["ledger_rows"], row["events"])
 
 

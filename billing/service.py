@@ -18,6 +18,7 @@ from billing.config import BillingConfig
 from billing.exporter import MeterExporter
 from billing.stripe_sender import StripeMeterSender
 from billing.webhook_processor import WebhookProcessor
+from crosslogic.loop_liveness import LoopLiveness
 from crosslogic.metering.metrics import Metrics
 from crosslogic.supervisor import supervise
 
@@ -34,6 +35,7 @@ class BillingService:
         self.exporter: MeterExporter | None = None
         self.webhooks = WebhookProcessor(pool, config, metrics=self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
+        self.liveness: LoopLiveness | None = None
 
     def start(self) -> None:
         """Start the loops (idempotent). Disabled billing runs nothing: metering needs no actor."""
@@ -42,10 +44,15 @@ class BillingService:
         self._sender = StripeMeterSender(self.config)
         self.exporter = MeterExporter(self._pool, self.config, self._sender, metrics=self.metrics)
         loop = asyncio.get_running_loop()
+        # "Running" in /ready means an iteration finished lately, not that the task exists.
+        self.liveness = LoopLiveness(
+            {"billing-export": self.config.interval_s, "billing-webhooks": self.config.webhook_poll_s}
+        )
+        exporter, webhooks, beat = self.exporter, self.webhooks, self.liveness.beater
         self._tasks = [
-            loop.create_task(supervise("billing_export", self.exporter.run_forever,
+            loop.create_task(supervise("billing_export", lambda: exporter.run_forever(beat("billing-export")),
                                        metrics=self.metrics), name="billing-export"),
-            loop.create_task(supervise("billing_webhooks", self.webhooks.run_forever,
+            loop.create_task(supervise("billing_webhooks", lambda: webhooks.run_forever(beat("billing-webhooks")),
                                        metrics=self.metrics), name="billing-webhooks"),
         ]
         log.info("billing export started (owner %s)", self.exporter.owner)
@@ -62,9 +69,15 @@ class BillingService:
             self._sender = None
 
     def status(self) -> dict[str, Any]:
-        """For `/ready` and the actor's metrics: running loops and the counters."""
-        return {
+        """For `/ready` and the actor's metrics: the loops running (an iteration finished within
+        3 intervals), each loop's liveness, and the counters."""
+        loops = self.liveness.view() if self.liveness is not None else {}
+        status: dict[str, Any] = {
             "enabled": self.config.enabled,
-            "running": [t.get_name() for t in self._tasks if not t.done()],
+            "running": [t.get_name() for t in self._tasks
+                        if not t.done() and (t.get_name() not in loops or loops[t.get_name()].running)],
             "metrics": self.metrics.snapshot(),
         }
+        if self._tasks:
+            status["loops"] = {name: state.model_dump() for name, state in loops.items()}
+        return status

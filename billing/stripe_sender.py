@@ -14,6 +14,7 @@ from typing import Any
 import stripe
 
 from billing.config import BillingConfig
+from crosslogic.backoff import parse_retry_after
 
 # Stripe answers a replayed identifier with 400 "An event already exists with identifier <id>."
 DUPLICATE_MARKER = "already exists with identifier"
@@ -41,6 +42,8 @@ class SendResult:
     outcome: Outcome
     detail: str = ""
     status: int | None = None
+    # Stripe's Retry-After on a 429/503, when it sent one: the row is not retried sooner.
+    retry_after_s: float | None = None
 
     @property
     def delivered(self) -> bool:
@@ -55,15 +58,17 @@ def classify(exc: stripe.StripeError) -> SendResult:
         return SendResult(Outcome.RETRY, detail, status)
     if status == 400 and DUPLICATE_MARKER in message:
         return SendResult(Outcome.DUPLICATE, detail, status)
-    should_retry = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("stripe-should-retry")
+    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+    retry_after_s = parse_retry_after(headers.get("retry-after"))
+    should_retry = headers.get("stripe-should-retry")
     if should_retry == "true":
-        return SendResult(Outcome.RETRY, detail, status)
+        return SendResult(Outcome.RETRY, detail, status, retry_after_s)
     if status in (401, 403):
         return SendResult(Outcome.AUTH, detail, status)
     if should_retry == "false":
         return SendResult(Outcome.POISON, detail, status)
     if status is None or status in (409, 429) or status >= 500:
-        return SendResult(Outcome.RETRY, detail, status)
+        return SendResult(Outcome.RETRY, detail, status, retry_after_s)
     return SendResult(Outcome.POISON, detail, status)
 
 
@@ -112,4 +117,4 @@ class StripeMeterSender:
         return SendResult(Outcome.DELIVERED)
 
     async def aclose(self) -> None:
-        await self._http.close_async()
+        await self._http.close_async()  # type: ignore[no-untyped-call]  # stripe leaves it unannotated

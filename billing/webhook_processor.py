@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from billing.config import BillingConfig
-from crosslogic.admin.audit import AuditContext, write_audit
+from crosslogic.audit.log import AuditContext, write_audit
+from crosslogic.backoff import Backoff
 from crosslogic.metering.metrics import Metrics, alert
 from crosslogic.storage.executor import Connection
 
@@ -33,6 +34,10 @@ SUSPENDING_SUBSCRIPTION_STATES = frozenset({"canceled", "unpaid", "incomplete_ex
 METER_ERROR_EVENTS = frozenset(
     {"billing.meter.error_report_triggered", "v1.billing.meter.error_report_triggered"}
 )
+# A webhook that failed to apply is retried after steps of 2 s, 4 s, ... capped at 5 min (`attempts`
+# counts the failed one), waiting at least half of each: it is our own database we retry, not a
+# crowded remote.
+WEBHOOK_RETRY = Backoff(2.0, 300.0, jitter=0.5)
 
 _CLAIM = """
 WITH due AS (
@@ -85,9 +90,12 @@ class WebhookProcessor:
     def kick(self) -> None:
         self._wake.set()
 
-    async def run_forever(self) -> None:
+    async def run_forever(self, on_cycle: Callable[[], None] | None = None) -> None:
+        """`on_cycle`: called after each finished poll (loop liveness for /ready)."""
         while True:
             await self.run_once()
+            if on_cycle is not None:
+                on_cycle()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._config.webhook_poll_s)
@@ -134,7 +142,7 @@ class WebhookProcessor:
                 alert("billing_webhook_dead_letter", "webhook %s (%s) dead-lettered: %s",
                       row["event_id"], row["type"], error)
                 return
-            delay = min(300.0, 2.0 ** row["attempts"]) * random.uniform(0.5, 1.0)
+            delay = WEBHOOK_RETRY.delay(row["attempts"])
             await conn.execute(
                 "UPDATE stripe_webhook_events SET last_error = $2, lease_until = '-infinity', "
                 "next_attempt_at = now() + make_interval(secs => $3) WHERE event_id = $1",
@@ -154,6 +162,7 @@ class WebhookProcessor:
         customer = _customer_of(event)
         tenant = None
         if customer is not None:
+            # At most one row: a customer bills one tenant (unique since migration 0013).
             tenant = await conn.fetchrow(
                 "SELECT id, status FROM tenants WHERE stripe_customer_id = $1 FOR UPDATE", customer
             )
@@ -173,6 +182,7 @@ class WebhookProcessor:
             "RETURNING suspended_by_billing, last_event_created",
             tenant["id"],
         )
+        assert state is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
         if state["last_event_created"] is not None and created < state["last_event_created"]:
             log.info("webhook %s older than the last applied event for tenant %s: ignored",
                      event["id"], tenant["id"])

@@ -6,13 +6,13 @@ import re
 from typing import Any
 
 from ray import serve
-from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
 
 from crosslogic.config import AppConfig, ModelDeploymentConfig, RouterConfig
-from crosslogic.routing.policies import get_policy
+from crosslogic.tracing.config import TracingConfig
 from deployments.engine_server import EngineServer
-from deployments.ingress import IngressServer
+from deployments.ingress import INGRESS_ENV, IngressServer
+from deployments.router_actor import ensure_router_alive
 
 
 def deployment_name(served_name: str) -> str:
@@ -40,9 +40,11 @@ def _actor_options(model: ModelDeploymentConfig, env: dict[str, str]) -> dict[st
     return _with_env(dict(model.ray_actor_options), {**env, **model.env})
 
 
-def _engine_app(model: ModelDeploymentConfig, router: RouterConfig, env: dict[str, str]) -> Application:
+def _engine_app(
+    model: ModelDeploymentConfig, router: RouterConfig, env: dict[str, str], tracing: TracingConfig | None = None
+) -> Application:
+    router = router.for_model(model)  # the model's own policy, if it names one
     deployment = serve.deployment(
-        EngineServer,
         name=deployment_name(model.served_name),
         num_replicas=model.num_replicas,
         max_ongoing_requests=model.max_ongoing_requests,
@@ -51,28 +53,32 @@ def _engine_app(model: ModelDeploymentConfig, router: RouterConfig, env: dict[st
         health_check_period_s=10,
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=30,
-        request_router_config=RequestRouterConfig(
-            request_router_class="deployments.request_router.QueueDepthRouter",
-            request_router_kwargs={
+        # A dict, which Serve validates into its RequestRouterConfig (whose __init__ is mis-annotated).
+        request_router_config={
+            "request_router_class": "deployments.request_router.QueueDepthRouter",
+            "request_router_kwargs": {
                 "policy": router.policy,
                 "refresh_interval_s": router.view_refresh_interval_s,
                 "stale_after_s": router.stale_after_s,
+                "affinity": router.affinity.model_dump(mode="json"),
             },
-        ),
+        },
+    )(EngineServer)
+    return deployment.bind(
+        model.model_dump(mode="json"), router.model_dump(mode="json"),
+        (tracing or TracingConfig()).model_dump(mode="json"),
     )
-    return deployment.bind(model.model_dump(mode="json"), router.model_dump(mode="json"))
 
 
 def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.model_validate(args)
-    get_policy(config.router.policy)  # an unknown policy fails the deploy, not the first request
+    ensure_router_alive(config.router.stale_after_s)
     env = _GRPC_MESSAGE_CAP if config.ingress.engine_transport == "grpc" else {}
-    engines = {m.served_name: _engine_app(m, config.router, env) for m in config.models}
+    engines = {m.served_name: _engine_app(m, config.router, env, config.tracing) for m in config.models}
     ingress = serve.deployment(
-        IngressServer,
         name="ingress",
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
-        ray_actor_options=_with_env(config.ingress.ray_actor_options or {"num_cpus": 0}, env),
-    )
+        ray_actor_options=_with_env(config.ingress.ray_actor_options or {"num_cpus": 0}, {**env, **INGRESS_ENV}),
+    )(IngressServer)
     return ingress.bind(config.model_dump(mode="json"), engines)

@@ -6,9 +6,10 @@ actor restart forgets the current windows and leases (limits are then briefly le
 `ActorRateLimiter` is the `RateLimiter` the ingress uses; it turns an unreachable actor into
 `RateLimitBackendError` so `FailoverRateLimiter` applies the configured fail mode.
 
-The calls travel over a persistent stream to the actor (`crosslogic/ratelimit/wire.py`: 0.3 ms where a
-Ray actor call costs the admission 2.2 ms p50 on 2 cores); Ray actor calls carry them while the stream
-is being (re)established, e.g. right after the actor restarted.
+The calls travel over a persistent stream to the actor (`crosslogic/ratelimit/wire.py`: several times
+cheaper than a Ray actor call, README "Why the defaults"); Ray actor calls carry them while the stream
+is being (re)established, e.g. right after the actor restarted. The stream only serves callers that
+prove its secret, which `stream_address` hands out with the address (`crosslogic/ratelimit/wire_protocol.py`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from crosslogic.ratelimit import (
     Subject,
     SubjectState,
 )
-from crosslogic.ratelimit.wire import WireClient, WireServer
+from crosslogic.ratelimit.wire import StreamEndpoint, WireClient, WireServer
+from deployments.actor_calls import call_with_timeout
+from deployments.loop_metrics import RayLoopRestarts
+from deployments.named_actors import forget, named_actor
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,11 +56,24 @@ class RateLimitActor:
 
     def __init__(self, config: RateLimitConfig) -> None:
         self._limiter = InMemoryRateLimiter(config, backend_label="actor")
-        self._wire = WireServer(self._limiter)
+        refused = ray_metrics.Counter(
+            "crosslogic_ratelimit_stream_refused",
+            description="Connections to the limiter's stream refused (failed or slow handshake, too many).",
+            tag_keys=("reason",),
+        )
+        # A fresh secret per actor incarnation: a restart rotates it, and it travels only over Ray.
+        self._wire = WireServer(
+            self._limiter, max_connections=config.stream_max_connections,
+            idle_timeout_s=config.stream_idle_timeout_s,
+            on_refused=lambda reason: refused.inc(tags={"reason": reason}),
+            restarts=RayLoopRestarts(),
+        )
 
-    async def stream_address(self) -> tuple[str, int]:
-        """Where the stream is served (started on first ask, on this node's address, own event loop)."""
-        return await self._wire.start(ray.util.get_node_ip_address())
+    async def stream_address(self) -> StreamEndpoint:
+        """Where the stream is served (started on first ask, on this node's address, own event loop)
+        and its secret: whoever can call this can call `admit` directly, so it widens no access."""
+        await self._wire.start(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]  # unannotated in Ray
+        return self._wire.endpoint
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         return self._limiter.admit_now(request)
@@ -76,9 +93,7 @@ class RateLimitActor:
 
 def get_ratelimit_actor(config: RateLimitConfig) -> Any:
     """The cluster's limiter actor, created by whichever replica asks first."""
-    return RateLimitActor.options(  # type: ignore[attr-defined]
-        name=RATELIMIT_ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(config)
+    return named_actor(RateLimitActor, RATELIMIT_ACTOR_NAME, NAMESPACE, config)
 
 
 class ActorRateLimiter(RateLimiter):
@@ -114,8 +129,9 @@ class ActorRateLimiter(RateLimiter):
     async def _connect(self) -> None:
         self._next_connect_at = time.monotonic() + STREAM_RETRY_S
         try:
-            host, port = await asyncio.wait_for(self._handle().stream_address.remote(), timeout=self._timeout_s)
-            wire = await WireClient.connect(host, port, timeout_s=self._timeout_s)
+            endpoint = await call_with_timeout(self._handle().stream_address.remote(), self._timeout_s)
+            wire = await WireClient.connect(
+                endpoint.host, endpoint.port, secret=endpoint.secret, timeout_s=self._timeout_s)
         except Exception as exc:  # actor restarting or gone: Ray calls meanwhile, retry later
             logger.info("rate-limit stream not available yet: %r", exc)
             return
@@ -138,8 +154,8 @@ class ActorRateLimiter(RateLimiter):
             return await wire.call(method, *args)
         self._connect_soon()
         try:
-            ref = getattr(self._handle(), method).remote(*args)
-            return await asyncio.wait_for(ref, timeout=self._timeout_s)
+            # The deadline stops the wait only: cancelling an actor call can wedge later ones (actor_calls).
+            return await call_with_timeout(getattr(self._handle(), method).remote(*args), self._timeout_s)
         except RayTaskError as exc:
             # A client mistake raised in the actor (duplicate request id) keeps its OpenAI shape.
             if isinstance(exc.cause, CrossLogicError):
@@ -147,16 +163,17 @@ class ActorRateLimiter(RateLimiter):
             raise
         except RayActorError as exc:
             self._actor = None
+            forget(RATELIMIT_ACTOR_NAME, NAMESPACE)
             raise RateLimitBackendError(f"rate-limit actor: {type(exc).__name__}: {exc}") from exc
-        except (GetTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, GetTimeoutError) as exc:
             raise RateLimitBackendError(f"rate-limit actor: {type(exc).__name__}: {exc}") from exc
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """At replica start-up: create or find the actor and wait until it answers, so the first
         admissions do not spend their tight timeout on actor creation (and fail open)."""
         try:
-            await asyncio.wait_for(self._handle().ping.remote(), timeout=timeout_s)
-        except (RayActorError, GetTimeoutError, asyncio.TimeoutError) as exc:
+            await call_with_timeout(self._handle().ping.remote(), timeout_s)
+        except (TimeoutError, RayActorError, GetTimeoutError) as exc:
             raise RateLimitBackendError(f"rate-limit actor not ready: {exc}") from exc
         if self._stream_enabled:
             await self._connect()
@@ -194,11 +211,13 @@ class RayRateLimitMetrics:
     and suffixes counters with `_total`). Create one per process (inside a replica), never at import
     time."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_key_labels: bool = False) -> None:
+        # One series per API key only when asked (AppConfig.metrics.per_key_labels): keys are many.
+        self._per_key = per_key_labels
         self._decisions = ray_metrics.Counter(
             "crosslogic_ratelimit_decisions",
             description="Rate-limit admissions and rejections.",
-            tag_keys=("tenant", "key_prefix", "model", "outcome", "reason"),
+            tag_keys=("tenant", *(("key_prefix",) if per_key_labels else ()), "model", "outcome", "reason"),
         )
         self._latency = ray_metrics.Histogram(
             "crosslogic_ratelimit_latency_seconds",
@@ -225,8 +244,10 @@ class RayRateLimitMetrics:
     def record_decision(
         self, *, tenant_id: str, key_prefix: str, model: str, outcome: str, reason: str
     ) -> None:
-        self._decisions.inc(tags={"tenant": tenant_id, "key_prefix": key_prefix, "model": model,
-                                  "outcome": outcome, "reason": reason})
+        tags = {"tenant": tenant_id, "model": model, "outcome": outcome, "reason": reason}
+        if self._per_key:
+            tags["key_prefix"] = key_prefix
+        self._decisions.inc(tags=tags)
 
     def observe_latency(self, *, operation: str, backend: str, seconds: float) -> None:
         self._latency.observe(seconds, tags={"operation": operation, "backend": backend})

@@ -1,4 +1,5 @@
-"""Serve request router for engine deployments: routes by the router actor's queue-depth view.
+"""Serve request router for engine deployments: routes by the router actor's queue-depth view, with
+the model's policy (crosslogic/routing/policies.py) over crosslogic/routing/local_router.py.
 
 It runs inside each ingress replica (in the deployment handle), so the decision is local: a
 background task syncs with the router actor every `refresh_interval_s` (pushing this replica's
@@ -19,8 +20,12 @@ from typing import Any
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from crosslogic.routing.hints import RoutingHints
-from crosslogic.routing.load_table import ReplicaLoad, RouterView
-from crosslogic.routing.policies import Policy, get_policy
+from crosslogic.routing.load_table import RouterView
+from crosslogic.routing.local_router import LocalRouter
+from crosslogic.routing.policies import make_policy
+from crosslogic.routing.policy_config import AffinityOptions
+from crosslogic.supervisor import supervise
+from deployments.loop_metrics import RayLoopRestarts
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,46 +40,49 @@ def _hints(pending: PendingRequest | None) -> RoutingHints | None:
 
 
 class QueueDepthRouter(FIFOMixin, RequestRouter):
-    def initialize_state(
+    # Serve calls it with the deployment's request_router_kwargs (app_builder.py) as these keywords;
+    # the base class declares only **kwargs.
+    def initialize_state(  # type: ignore[override]
         self,
         policy: str = "least_loaded_p2c",
         refresh_interval_s: float = 0.2,
         stale_after_s: float = 5.0,
+        affinity: dict[str, Any] | None = None,
     ) -> None:
-        self._policy: Policy = get_policy(policy)
+        options = AffinityOptions.model_validate(affinity or {})
+        # One model's routing state in this ingress replica (policy, view, our in-flight counts).
+        self._routing = LocalRouter(make_policy(policy, options, random.Random()), options)
         self._refresh_interval_s = refresh_interval_s
         self._stale_after_s = stale_after_s
-        self._local: dict[str, int] = {}
-        self._view: dict[str, ReplicaLoad] = {}
-        self._rng = random.Random()
         self._ingress_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._sync_task: asyncio.Task[None] | None = None
-        # Requests count against a replica from the moment we pick it, not from when Serve sends
-        # them: a burst routed in one tick would otherwise all see the same counts and pile onto
-        # one replica. internal request id -> (replica id, when), corrected in on_request_routed.
-        self._reserved: dict[str, tuple[str, float]] = {}
+        self._restarts: RayLoopRestarts | None = None
 
     def _ensure_sync(self) -> None:
         if self._sync_task is None or self._sync_task.done():
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+            if self._restarts is None:
+                self._restarts = RayLoopRestarts()
+            self._sync_task = asyncio.get_running_loop().create_task(
+                supervise("router_view_sync", self._sync_loop, restarts=self._restarts))
 
     async def _sync_loop(self) -> None:
-        from deployments.router_actor import get_router
+        from deployments.actor_calls import call_with_timeout
+        from deployments.router_actor import ROUTER_CALL_TIMEOUT_S, get_router, router_call_failed
 
-        router: Any = None
+        routing = self._routing
         while True:
             try:
-                if router is None:
-                    router = get_router(self._stale_after_s)
-                self._drop_stale_reservations()
-                raw = await router.sync_ingress.remote(self._ingress_id, dict(self._local))
-                self._view = RouterView.model_validate(raw).replicas
+                router = get_router(self._stale_after_s)
+                routing.drop_stale_reservations(time.monotonic())
+                raw = await call_with_timeout(
+                    router.sync_ingress.remote(self._ingress_id, dict(routing.local)), ROUTER_CALL_TIMEOUT_S)
+                routing.view = RouterView.model_validate(raw).replicas
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the actor restarting: keep routing on local counts
                 logger.warning("router actor sync failed: %r", exc)
-                router = None
-                self._view = {}
+                router_call_failed(exc)
+                routing.view = {}
             await asyncio.sleep(self._refresh_interval_s)
 
     async def choose_replicas(
@@ -87,51 +95,27 @@ class QueueDepthRouter(FIFOMixin, RequestRouter):
             return []
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         hints = _hints(pending_request)
-        allowed = [rid for rid in by_id if hints is None or rid not in hints.exclude]
-        if not allowed:  # every replica was excluded: any is better than none
-            allowed = list(by_id)
-        ranked = self._policy(allowed, self._view, self._local, self._rng)
+        if hints is not None and pending_request is not None and len(pending_request.args) >= 2:
+            # EngineServer.generate(endpoint, body, request_id, hints)
+            self._routing.fill_keys(hints, pending_request.args[0], pending_request.args[1])
+        ranked = self._routing.choose(list(by_id), hints)
         if pending_request is not None:
-            self._reserve(pending_request.metadata.internal_request_id, ranked[0])
+            self._routing.reserve(pending_request.metadata.internal_request_id, ranked[0], time.monotonic())
         ranks = [[by_id[ranked[0]]]]
         if len(ranked) > 1:
             ranks.append([by_id[rid] for rid in ranked[1:]])
         return ranks
 
-    def _add(self, rid: str, delta: int) -> None:
-        count = self._local.get(rid, 0) + delta
-        if count > 0:
-            self._local[rid] = count
-        else:
-            self._local.pop(rid, None)
-
-    def _reserve(self, request_key: str, rid: str) -> None:
-        previous = self._reserved.get(request_key)
-        if previous is not None:
-            self._add(previous[0], -1)
-        self._add(rid, 1)
-        self._reserved[request_key] = (rid, time.monotonic())
-
-    def _drop_stale_reservations(self) -> None:
-        # A request cancelled before Serve sent it never reaches on_request_routed.
-        cutoff = time.monotonic() - 30.0
-        for key in [k for k, (_, at) in self._reserved.items() if at < cutoff]:
-            self._add(self._reserved.pop(key)[0], -1)
-
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         rid = replica_id.unique_id
-        reserved = self._reserved.pop(pending_request.metadata.internal_request_id, None)
-        if reserved is None or reserved[0] != rid:
-            if reserved is not None:
-                self._add(reserved[0], -1)
-            self._add(rid, 1)
+        self._routing.routed(pending_request.metadata.internal_request_id, rid)
         hints = _hints(pending_request)
         if hints is not None:
-            hints.chosen = rid
+            hints.routed(rid)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        self._add(replica_id.unique_id, -1)
+        self._routing.completed(replica_id.unique_id)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
-        self._local.pop(replica_id.unique_id, None)
+        self._routing.replica_gone(replica_id.unique_id)

@@ -1,7 +1,9 @@
 """Admin bearer-JWT verification: a configured HS256 secret or an OIDC issuer's JWKS.
 
 There is no static admin token: every admin request carries a JWT whose signature, expiry, issuer and
-audience are checked. Two sources of trust, usable together (the token header's `alg` picks one):
+audience are checked, and whose lifetime (`exp - iat`, both required) is at most `max_lifetime_s`
+(default 1 h): a leaked token is useful for an hour at most, however it was minted. Two sources of
+trust, usable together (the token header's `alg` picks one):
 
 - HS256 with `CROSSLOGIC_ADMIN_JWT_SECRET` (>= 32 bytes; the local stack generates one, see
   `crosslogic.admin.local_secret`);
@@ -34,6 +36,7 @@ from crosslogic.settings import Settings
 log = logging.getLogger("crosslogic.admin.auth")
 
 MIN_SECRET_BYTES = 32
+DEFAULT_MAX_LIFETIME_S = 3600.0
 # Issuer and audience of tokens minted for HS256 (the local stack's `crosslogic admin token`).
 LOCAL_ISSUER = "crosslogic"
 LOCAL_AUDIENCE = "crosslogic-admin"
@@ -73,19 +76,22 @@ class AdminAuthConfig(BaseModel):
     jwks_url: str | None = None
     # Seconds of clock skew tolerated on exp/nbf/iat.
     leeway_s: float = Field(default=30.0, ge=0)
+    # Longest accepted `exp - iat`. OIDC issuers often mint day-long tokens: raise it for them.
+    max_lifetime_s: float = Field(default=DEFAULT_MAX_LIFETIME_S, gt=0)
     jwks_ttl_s: float = Field(default=300.0, gt=0)
     # Minimum spacing of refreshes forced by an unknown kid.
     jwks_min_refresh_interval_s: float = Field(default=10.0, ge=0)
     http_timeout_s: float = Field(default=5.0, gt=0)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, hs256_secret: str | None = None) -> AdminAuthConfig:
+    def from_settings(cls, settings: Settings, *, hs256_secret: SecretStr | None = None) -> AdminAuthConfig:
         secret = hs256_secret if hs256_secret is not None else settings.admin_jwt_secret
         return cls(
-            hs256_secret=SecretStr(secret) if secret else None,
+            hs256_secret=secret if secret else None,  # an empty secret is no secret
             oidc_issuer=settings.admin_oidc_issuer,
             oidc_audience=settings.admin_oidc_audience,
             jwks_url=settings.admin_oidc_jwks_url,
+            max_lifetime_s=settings.admin_jwt_max_lifetime_s,
         )
 
     def validate_for_startup(self) -> None:
@@ -116,8 +122,8 @@ def check_secret_strength(secret: str) -> None:
         raise ConfigError("CROSSLOGIC_ADMIN_JWT_SECRET looks like a placeholder; use a random secret")
 
 
-def log_auth_failure(reason: str, **fields: Any) -> None:
-    log.warning(json.dumps({"event": "admin_auth_failed", "reason": reason, **fields}, default=str))
+def log_auth_failure(reason: str, *, event: str = "admin_auth_failed", **fields: Any) -> None:
+    log.warning(json.dumps({"event": event, "reason": reason, **fields}, default=str))
 
 
 class TokenRejected(AuthenticationError):
@@ -231,6 +237,10 @@ class AdminJWTVerifier:
             raise TokenRejected("admin token is not a well-formed JWT", "malformed") from exc
         alg = header.get("alg")
         key: Any
+        # None: not checked by PyJWT. The OIDC cache exists only with an issuer; an audience is
+        # required at start-up (validate_for_startup), and a token's `aud` without one is refused.
+        issuer: str | None
+        audience: str | None
         if alg == "HS256" and self._config.hs256_secret is not None:
             key = self._config.hs256_secret.get_secret_value().encode()
             issuer, audience = self._config.hs256_issuer, self._config.hs256_audience
@@ -252,7 +262,7 @@ class AdminJWTVerifier:
                 issuer=issuer,
                 audience=audience,
                 leeway=self._config.leeway_s,
-                options={"require": ["exp", "sub", "iss", "aud"]},
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenRejected("admin token has expired", "expired") from exc
@@ -264,6 +274,13 @@ class AdminJWTVerifier:
             raise TokenRejected("admin token signature is invalid", "bad_signature") from exc
         except jwt.PyJWTError as exc:
             raise TokenRejected(f"admin token is invalid: {exc}", "invalid") from exc
+        lifetime = claims["exp"] - claims["iat"]  # both checked to be integers by PyJWT
+        if lifetime > self._config.max_lifetime_s:
+            raise TokenRejected(
+                f"admin token lifetime (exp - iat = {lifetime} s) exceeds the maximum of "
+                f"{self._config.max_lifetime_s:g} s",
+                "lifetime_too_long",
+            )
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise TokenRejected("admin token has no subject", "no_subject")

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from crosslogic.admin.audit import AuditEntry, AuditFilter, list_audit
 from crosslogic.admin.deps import AdminCall, AdminDeps, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
+from crosslogic.audit.log import AuditEntry, AuditFilter, list_audit
 from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 
 

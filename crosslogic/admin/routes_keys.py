@@ -6,9 +6,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, status
 
-from crosslogic.admin.audit import audited
 from crosslogic.admin.deps import AdminCall, AdminDeps, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
+from crosslogic.audit.log import audited
 from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from crosslogic.tenants import api_key_repository as keys
 from crosslogic.tenants.models import ApiKeyCreate, ApiKeyLimitsUpdate, ApiKeyRecord, CreatedApiKey
@@ -50,15 +50,15 @@ def keys_router(deps: AdminDeps) -> APIRouter:
 
     @router.patch(
         "/keys/{key_id}",
-        summary="Set or clear a key's own limits (rpm, tpm, max_concurrency); null clears one",
+        summary="Set or clear a key's own limits (rpm, tpm, max_concurrency) or preferred_region; null clears one",
     )
     async def update_key_limits(call: Writer, key_id: UUID, body: ApiKeyLimitsUpdate) -> ApiKeyRecord:
         async with audited(
             deps.pool, call.audit, action="key.update", target_type="api_key", target_id=str(key_id)
         ) as change:
             change.before = await keys.get_api_key(change.conn, key_id)
-            change.after = await keys.update_api_key_limits(change.conn, key_id, body)
-        return change.after
+            change.after = after = await keys.update_api_key_limits(change.conn, key_id, body)
+        return after
 
     @router.post(
         "/keys/{key_id}/revoke",
@@ -69,7 +69,7 @@ def keys_router(deps: AdminDeps) -> APIRouter:
             deps.pool, call.audit, action="key.revoke", target_type="api_key", target_id=str(key_id)
         ) as change:
             change.before = await keys.get_api_key(change.conn, key_id)
-            change.after = await keys.revoke_api_key(change.conn, key_id)
-        return change.after
+            change.after = after = await keys.revoke_api_key(change.conn, key_id)
+        return after
 
     return router

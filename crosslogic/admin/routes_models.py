@@ -7,10 +7,10 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field
 
-from crosslogic.admin.audit import audited
 from crosslogic.admin.deps import AdminCall, AdminDeps, Deleted, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
 from crosslogic.api.errors import error_responses
+from crosslogic.audit.log import audited
 from crosslogic.registry import repository
 from crosslogic.registry.templates import ModelRecord, ModelTemplate
 from crosslogic.registry.vram import (

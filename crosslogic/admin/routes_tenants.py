@@ -6,10 +6,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, status
 
-from crosslogic.admin.audit import audited
 from crosslogic.admin.deps import AdminCall, AdminDeps, require_scope
 from crosslogic.admin.jwt_auth import AdminScope
 from crosslogic.api.errors import error_responses
+from crosslogic.audit.log import audited
 from crosslogic.errors import InvalidRequestError
 from crosslogic.storage.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from crosslogic.tenants import tenant_repository as tenants
@@ -46,7 +46,9 @@ def tenants_router(deps: AdminDeps) -> APIRouter:
 
     @router.patch(
         "/{tenant_id}",
-        summary="Change a tenant's default limits or Stripe customer id (null clears a limit)",
+        summary="Change a tenant's default limits, Stripe customer id or preferred region (null clears one)",
+        # 409: the Stripe customer already bills another tenant (one customer, one tenant).
+        responses=error_responses(409),
     )
     async def update_tenant(call: Writer, tenant_id: UUID, body: TenantUpdate) -> Tenant:
         if "status" in body.model_fields_set:
@@ -59,16 +61,16 @@ def tenants_router(deps: AdminDeps) -> APIRouter:
             deps.pool, call.audit, action="tenant.update", target_type="tenant", target_id=str(tenant_id)
         ) as change:
             change.before = await tenants.get_tenant(change.conn, tenant_id, for_update=True)
-            change.after = await tenants.update_tenant(change.conn, tenant_id, body)
-        return change.after
+            change.after = after = await tenants.update_tenant(change.conn, tenant_id, body)
+        return after
 
     async def set_status(call: AdminCall, tenant_id: UUID, new_status: TenantStatus, action: str) -> Tenant:
         async with audited(
             deps.pool, call.audit, action=action, target_type="tenant", target_id=str(tenant_id)
         ) as change:
             change.before = await tenants.get_tenant(change.conn, tenant_id, for_update=True)
-            change.after = await tenants.set_tenant_status(change.conn, tenant_id, new_status)
-        return change.after
+            change.after = after = await tenants.set_tenant_status(change.conn, tenant_id, new_status)
+        return after
 
     @router.post(
         "/{tenant_id}/suspend",

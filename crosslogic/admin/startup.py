@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncpg
+from pydantic import SecretStr
 
 from crosslogic.admin.deps import AdminDeps
 from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
 from crosslogic.admin.local_secret import load_or_create_local_secret
+from crosslogic.auth.throttle import AuthThrottleConfig, FailedAuthThrottle
 from crosslogic.settings import Settings
 
 
@@ -18,14 +20,18 @@ def admin_auth_config(settings: Settings, *, local_stack: bool = False) -> Admin
     """
     secret = settings.admin_jwt_secret
     if secret is None and local_stack and not settings.admin_oidc_issuer:
-        secret = load_or_create_local_secret(settings.home)
+        secret = SecretStr(load_or_create_local_secret(settings.home))
     config = AdminAuthConfig.from_settings(settings, hs256_secret=secret)
     config.validate_for_startup()
     return config
 
 
 def build_admin_deps(
-    settings: Settings, pool: asyncpg.Pool, *, local_stack: bool = False
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    local_stack: bool = False,
+    throttle: AuthThrottleConfig | None = None,
 ) -> AdminDeps:
     verifier = AdminJWTVerifier(admin_auth_config(settings, local_stack=local_stack))
-    return AdminDeps(pool=pool, verifier=verifier)
+    return AdminDeps(pool=pool, verifier=verifier, throttle=FailedAuthThrottle(throttle))

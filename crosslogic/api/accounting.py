@@ -34,8 +34,10 @@ def _ms(start: float, end: float | None) -> float | None:
 
 
 def settle_hook(
-    sink: UsageSink, auth: AuthContext, model: str, request_id: str, region: str, admission: AdmissionGate
+    sink: UsageSink, auth: AuthContext, model: str, request_id: str, region: str, admission: AdmissionGate,
+    *, client_request_id: str | None = None,
 ) -> Settle:
+    """`request_id` is the server's (it keys the ledger row); `client_request_id` is stored beside it."""
     async def settle(outcome: Outcome) -> None:
         granted = True
         try:
@@ -50,10 +52,12 @@ def settle_hook(
             sink.record(
                 UsageRecord(
                     request_id=request_id,
+                    client_request_id=client_request_id,
                     tenant_id=auth.tenant_id,
                     key_id=auth.key_id,
                     model=model,
-                    region=region,
+                    # Where it was served: a remote region's name, else this cluster's.
+                    region=outcome.region or region,
                     prompt_tokens=outcome.prompt_tokens,
                     completion_tokens=outcome.completion_tokens,
                     status=_STATUS.get(outcome.status, UsageStatus.FAILED),

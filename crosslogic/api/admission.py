@@ -15,32 +15,43 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 from crosslogic.api.headroom import Headroom
 from crosslogic.auth.context import AuthContext
 from crosslogic.engine.base import Endpoint
+from crosslogic.errors import ContextLengthExceededError
 from crosslogic.ratelimit import Admission, AdmissionRequest, LeaseScope, RateLimiter
 from crosslogic.ratelimit.headers import rate_limit_error, rate_limit_headers
 from crosslogic.ratelimit.subjects import admission_request_for
 
 _CHARS_PER_TOKEN = 3
 _MESSAGE_OVERHEAD = 8
+# AdmissionRequest.reserved_tokens' bound (crosslogic/ratelimit/models.py).
+MAX_RESERVED_TOKENS = 10**12
 
 
 def _text_tokens(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, str):
-        return math.ceil(len(value) / _CHARS_PER_TOKEN)
-    if isinstance(value, int):
-        return 1
-    if isinstance(value, list):
-        return sum(_text_tokens(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_text_tokens(v) for v in value.values())
-    return math.ceil(len(str(value)) / _CHARS_PER_TOKEN)
+    # Iterative: a body may nest as deep as the JSON parser allows, past Python's recursion limit.
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item is None:
+            continue
+        if isinstance(item, str):
+            total += math.ceil(len(item) / _CHARS_PER_TOKEN)
+        elif isinstance(item, int):
+            total += 1
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        else:
+            total += math.ceil(len(str(item)) / _CHARS_PER_TOKEN)
+    return total
 
 
 def estimate_prompt_tokens(endpoint: Endpoint, body: dict[str, Any]) -> int:
@@ -48,20 +59,39 @@ def estimate_prompt_tokens(endpoint: Endpoint, body: dict[str, Any]) -> int:
         messages = body.get("messages") or []
         tools = body.get("tools")
         return sum(_text_tokens(m) + _MESSAGE_OVERHEAD for m in messages) + _text_tokens(tools)
+    if endpoint == "responses":  # `input` holds a continued response's history too
+        return sum(_text_tokens(body.get(field)) for field in ("input", "instructions", "tools"))
     if endpoint == "completions":
         return _text_tokens(body.get("prompt"))
     return _text_tokens(body.get("input"))
 
 
+def check_output_budget(endpoint: Endpoint, body: dict[str, Any], max_model_len: int) -> None:
+    """Refuse an output budget the model can never produce (400, param = the field), as OpenAI does:
+    it would only reserve rate-limit tokens no request can use."""
+    if endpoint == "embeddings":
+        return
+    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        requested = body.get(field)
+        if isinstance(requested, int) and requested > max_model_len:
+            raise ContextLengthExceededError(
+                f"{field} is too large: {requested}. This model's maximum context length is "
+                f"{max_model_len} tokens, prompt included.",
+                param=field,
+            )
+
+
 def reserved_tokens(endpoint: Endpoint, body: dict[str, Any], max_model_len: int) -> int:
     prompt = estimate_prompt_tokens(endpoint, body)
     if endpoint == "embeddings":
-        return prompt
-    requested = body.get("max_completion_tokens") or body.get("max_tokens")
+        return min(prompt, MAX_RESERVED_TOKENS)
+    requested = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     n = int(body.get("n") or 1)
     # Without max_tokens the engine may generate up to the rest of the context.
     output = int(requested) if requested else max(max_model_len - min(prompt, max_model_len), 1)
-    return prompt + output * max(n, 1)
+    # Capped: the protocol and `check_output_budget` bound each factor, and the limiters' arithmetic
+    # (Redis Lua numbers are doubles) must never see a number past the admission's own bound.
+    return min(prompt + output * max(n, 1), MAX_RESERVED_TOKENS)
 
 
 class Admitted:
@@ -112,6 +142,17 @@ class AdmissionGate:
         admitted = await asyncio.shield(self._decision)
         return admitted.headers
 
+    def when_decided(self, callback: Callable[[BaseException | None], None]) -> None:
+        """`callback(None)` once admitted, `callback(error)` once refused or failed (the admission's
+        span, crosslogic/tracing): at once when already decided, else from the event loop."""
+        def done(decision: asyncio.Future[Admitted]) -> None:
+            callback(asyncio.CancelledError() if decision.cancelled() else decision.exception())
+
+        if self._decision.done():
+            done(self._decision)
+        else:
+            self._decision.add_done_callback(done)
+
     async def settle(self, actual_tokens: int) -> bool:
         try:
             admitted = await asyncio.shield(self._decision)
@@ -157,6 +198,7 @@ async def admit(
     """Start the admission. With room to spare (`headroom`) it is decided alongside the engine call and
     this returns at once; otherwise it is decided here (raising the 429: RateLimitError with
     retry-after headers)."""
+    check_output_budget(endpoint, body, max_model_len)
     if limiter is None:
         return AdmissionGate(Admitted({}, None, None))
     request = admission_request_for(

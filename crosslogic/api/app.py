@@ -6,44 +6,28 @@ and, in tests, under any ASGI server with no Ray at all.
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi import FastAPI
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crosslogic.api import routes_embeddings, routes_generation, routes_health, routes_models
+from crosslogic.api import (
+    routes_batches,
+    routes_embeddings,
+    routes_files,
+    routes_generation,
+    routes_health,
+    routes_models,
+    routes_responses,
+)
 from crosslogic.api.context import ApiContext
 from crosslogic.api.errors import install_error_handlers
+from crosslogic.api.request_ids import RequestIdMiddleware
+from crosslogic.telemetry.middleware import RequestMetricsMiddleware
+from crosslogic.tracing.middleware import TracingMiddleware
 
 
-class RequestIdMiddleware:
-    """Give every request an id and echo it as `x-request-id` on every response.
-
-    Under Ray Serve the proxy already does both; this is for running the app standalone.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        headers = MutableHeaders(scope=scope)
-        request_id = headers.get("x-request-id") or f"req_{uuid.uuid4().hex}"
-        if "x-request-id" not in headers:
-            headers.append("x-request-id", request_id)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["x-request-id"] = request_id
-            await send(message)
-
-        await self._app(scope, receive, send_with_id)
-
-
-def build_api(context: ApiContext, *, echo_request_id: bool = True) -> FastAPI:
+def build_api(context: ApiContext, *, trust_edge_request_id: bool = False) -> FastAPI:
+    """`trust_edge_request_id`: Serve runs `request_ids.edge_middlewares` in front of this app in
+    this process, so the `x-request-id` it hands over is already the server's (one id end to end,
+    in Serve's logs too); otherwise the app mints its own and never reads the client's as one."""
     app = FastAPI(
         title="CrossLogic",
         description="OpenAI-compatible multi-tenant LLM inference",
@@ -53,6 +37,13 @@ def build_api(context: ApiContext, *, echo_request_id: bool = True) -> FastAPI:
     install_error_handlers(app)
     for module in (routes_models, routes_generation, routes_embeddings, routes_health):
         app.include_router(module.router)
-    if echo_request_id:
-        app.add_middleware(RequestIdMiddleware)
+    if context.responses is not None:  # the Responses API needs its store (PostgreSQL)
+        app.include_router(routes_responses.router)
+    if context.files is not None and context.batches is not None:  # the Batch API (PostgreSQL)
+        app.include_router(routes_files.router)
+        app.include_router(routes_batches.router)
+    app.add_middleware(RequestIdMiddleware, trust_upstream=trust_edge_request_id)
+    app.add_middleware(RequestMetricsMiddleware, sink=context.metrics)  # sees every status
+    if context.tracer is not None:  # outermost: the root span covers the whole answer
+        app.add_middleware(TracingMiddleware, tracer=context.tracer)
     return app

@@ -16,7 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from crosslogic.api.request_log import logging_errors
 from crosslogic.errors import CrossLogicError, ErrorBody, InternalError, InvalidRequestError
 
 log = logging.getLogger("crosslogic.api.errors")
@@ -96,6 +98,15 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    # The client hung up before its body was complete: its doing, not a server fault (nothing was
+    # admitted or sent to an engine yet). Answered for the record; nobody is there to read it.
+    log.info("client left %s %s before sending its whole body", request.method, request.url.path)
+    body = {"error": {"message": "the client closed the connection before the request body was complete",
+                      "type": "invalid_request_error", "param": None, "code": "client_disconnected"}}
+    return JSONResponse(body, status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(InternalError("internal server error"))
@@ -150,8 +161,10 @@ def _document_400_not_422(app: FastAPI) -> None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(CrossLogicError, _crosslogic_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_exception)
-    app.add_exception_handler(Exception, _unexpected)
+    # Each wrapped so a /v1 request answered with an error still gets its request log line.
+    app.add_exception_handler(CrossLogicError, logging_errors(_crosslogic_error))
+    app.add_exception_handler(RequestValidationError, logging_errors(_validation_error))
+    app.add_exception_handler(StarletteHTTPException, logging_errors(_http_exception))
+    app.add_exception_handler(ClientDisconnect, logging_errors(_client_disconnect))
+    app.add_exception_handler(Exception, logging_errors(_unexpected))
     _document_400_not_422(app)

@@ -81,7 +81,9 @@ class Headroom:
             if room is None or now - room.at > self.fresh_s:
                 return False
             pending = self._in_flight.get((subject.kind, subject.id)) or _InFlight()
-            if limits.rpm is not None and (room.requests is None or room.requests - pending.requests < self.min_requests):
+            if limits.rpm is not None and (
+                room.requests is None or room.requests - pending.requests < self.min_requests
+            ):
                 return False
             if limits.tpm is not None and (
                 room.tokens is None or room.tokens - pending.tokens < 2 * request.reserved_tokens

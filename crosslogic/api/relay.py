@@ -25,6 +25,7 @@ from crosslogic.api.timing import StageTimer
 from crosslogic.engine.base import CHUNK, ERROR, RESPONSE, USAGE, Endpoint, EngineEvent
 from crosslogic.errors import CrossLogicError, UpstreamError
 from crosslogic.routing.hints import RoutingHints
+from crosslogic.tracing.request_trace import NULL_TRACE, RequestTrace
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ class _ClosingStreamingResponse(StreamingResponse):
     are idempotent; after a normal end they do nothing).
     """
 
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+    def __init__(
+        self, content: AsyncIterator[str] | AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kwargs: Any
+    ) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
 
@@ -69,7 +72,16 @@ class _ClosingStreamingResponse(StreamingResponse):
 class Outcome:
     """What happened to one request, for whoever settles it (rate limits, metering)."""
 
-    __slots__ = ("status", "prompt_tokens", "completion_tokens", "first_token_at", "started_at", "finished_at", "replica")
+    __slots__ = (
+        "completion_tokens",
+        "finished_at",
+        "first_token_at",
+        "prompt_tokens",
+        "region",
+        "replica",
+        "started_at",
+        "status",
+    )
 
     def __init__(self) -> None:
         self.status = "failed"
@@ -79,6 +91,8 @@ class Outcome:
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self.replica: str | None = None
+        # The region that served it (None: never dispatched; the settle hook then uses the local one).
+        self.region: str | None = None
 
 
 Settle = Callable[[Outcome], Awaitable[None]]
@@ -93,28 +107,35 @@ async def _open(
     retries: int,
     outcome: Outcome,
     timer: StageTimer,
+    preference: str | None = None,
+    trace: RequestTrace = NULL_TRACE,
+    session_key: str | None = None,
 ) -> tuple[EngineEvent, AsyncIterator[EngineEvent]]:
     excluded: set[str] = set()
     last_error: CrossLogicError | None = None
     for attempt in range(retries + 1):
-        hints = RoutingHints(exclude=set(excluded))
+        hints = RoutingHints(exclude=set(excluded), region_preference=preference, session_key=session_key)
         timer.dispatched()
+        trace.dispatched(hints, attempt + 1)
         events = gateway.stream(model, endpoint, body, request_id, hints).__aiter__()
         try:
             first = await events.__anext__()
             timer.first_event(first[3] if first[0] == CHUNK and len(first) > 3 else None)
         except StopAsyncIteration:
             last_error = UpstreamError("The engine closed the request without answering.")
-        except CrossLogicError as exc:
-            last_error = exc
-            if not exc.retryable:
+        except BaseException as exc:
+            if not isinstance(exc, CrossLogicError) or not exc.retryable:
+                trace.attempt_failed(exc)
                 raise
+            last_error = exc
         else:
+            trace.first_event(first[0] == ERROR)
             retryable_engine_error = first[0] == ERROR and first[1].get("status", 500) >= 500
             if not retryable_engine_error or attempt == retries:
-                outcome.replica = hints.chosen
+                outcome.replica, outcome.region = hints.chosen, hints.region
                 return first, events
             last_error = UpstreamError(first[1]["error"]["message"], code=first[1]["error"].get("code"))
+        trace.attempt_failed(last_error)
         with contextlib.suppress(Exception):
             await events.aclose()  # type: ignore[attr-defined]
         if hints.chosen:
@@ -145,9 +166,15 @@ async def relay(
     settle: Settle | None = None,
     timer: StageTimer | None = None,
     confirm: Callable[[], Awaitable[dict[str, str]]] | None = None,
+    region_preference: str | None = None,
+    trace: RequestTrace = NULL_TRACE,
+    session_key: str | None = None,
 ) -> JSONResponse | StreamingResponse:
     """`confirm`: awaited after the first event and before any answer; returns headers to add, or
-    raises the error to answer with instead (the rate-limit admission, see crosslogic/api/admission.py)."""
+    raises the error to answer with instead (the rate-limit admission, see crosslogic/api/admission.py).
+    `region_preference`: the region the caller prefers (crosslogic/regions/preference.py).
+    `session_key`: the client's session header, for session affinity (crosslogic/routing/policies.py).
+    `trace`: the request's spans (crosslogic/tracing/request_trace.py)."""
     outcome = Outcome()
     timer = timer or StageTimer()
     settled = False
@@ -158,13 +185,17 @@ async def relay(
             return
         settled = True
         outcome.finished_at = time.monotonic()
+        trace.finished(outcome)
         if settle is not None:
             # Settling releases leases and writes usage: it must finish even when the request's
             # task is being cancelled (client gone), so it runs shielded from that cancellation.
             await asyncio.shield(settle(outcome))
 
     try:
-        first, events = await _open(gateway, model, endpoint, body, request_id, retries, outcome, timer)
+        first, events = await _open(
+            gateway, model, endpoint, body, request_id, retries, outcome, timer, region_preference, trace,
+            session_key=session_key,
+        )
     except BaseException as exc:
         try:
             # The admission answers first, as when it is decided before the engine call: a refused
@@ -187,10 +218,14 @@ async def relay(
             raise
     # Where the time to this first event went (see crosslogic/api/timing.py).
     headers = {**headers, "server-timing": timer.header()}
+    if outcome.region:
+        # Where it ran, an engine's refusal included (a region answering errors is what to look for).
+        headers = {**headers, "x-crosslogic-region": outcome.region}
     if first[0] == ERROR:
         await finish()
         return _error_json(first[1], headers)
     outcome.first_token_at = time.monotonic()
+    trace.relaying(stream)
     if outcome.replica:
         # Which engine replica answered: for operators tracing a request, and for routing tests.
         headers = {**headers, "x-crosslogic-replica": outcome.replica}

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from crosslogic.api.context import Context
-from crosslogic.api.gateway import DependencyStatus
+from crosslogic.api.readiness_probes import service_readiness
 
 router = APIRouter()
 
@@ -18,9 +18,6 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Readiness with per-dependency detail")
 async def ready(ctx: Context) -> JSONResponse:
-    readiness = await ctx.gateway.readiness()
-    if ctx.limiter is not None:
-        ok, detail = ctx.limiter.status()
-        readiness.dependencies["ratelimit"] = DependencyStatus(ok=ok, detail=detail)
-        readiness.ready = readiness.ready and ok
+    # The readiness watcher evaluates the same function: what pages is what /ready says.
+    readiness = await service_readiness(ctx.gateway.readiness, ctx.probes, ctx.limiter)
     return JSONResponse(readiness.model_dump(mode="json"), status_code=200 if readiness.ready else 503)

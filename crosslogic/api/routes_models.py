@@ -7,13 +7,14 @@ import time
 from fastapi import APIRouter, Request
 
 from crosslogic.api.context import Context
+from crosslogic.api.errors import error_responses
 from crosslogic.protocol.openai import ModelList, ModelObject
 
 router = APIRouter()
 _STARTED = int(time.time())
 
 
-@router.get("/v1/models", response_model=ModelList, summary="List served models")
+@router.get("/v1/models", response_model=ModelList, summary="List served models", responses=error_responses(401, 429))
 async def list_models(request: Request, ctx: Context) -> ModelList:
     auth = await ctx.authenticate(request, None)
     return ModelList(
@@ -25,7 +26,10 @@ async def list_models(request: Request, ctx: Context) -> ModelList:
     )
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelObject, summary="Retrieve a served model")
+@router.get(
+    "/v1/models/{model_id:path}", response_model=ModelObject, summary="Retrieve a served model",
+    responses=error_responses(401, 404, 429),
+)
 async def get_model(model_id: str, request: Request, ctx: Context) -> ModelObject:
     await ctx.authenticate(request, model_id)
     for card in ctx.gateway.models():

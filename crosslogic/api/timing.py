@@ -30,7 +30,7 @@ from crosslogic.engine.base import ENGINE_FIRST_MS
 
 
 class StageTimer:
-    __slots__ = ("_started", "_last", "_stages", "_dispatched")
+    __slots__ = ("_dispatched", "_last", "_stages", "_started")
 
     def __init__(self) -> None:
         self._started = self._last = time.perf_counter()

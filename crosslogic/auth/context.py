@@ -28,6 +28,10 @@ class AuthContext(BaseModel):
     key_limits: Limits
     tenant_limits: Limits
     stripe_customer_id: str | None
+    # The region requests of this key prefer: the key's own, else its tenant's (a header overrides both).
+    preferred_region: str | None = None
+    # The tenant's fair-share weight under saturation (crosslogic/fairness); None: the default.
+    fair_weight: float | None = None
 
     def allows_model(self, model: str) -> bool:
         return not self.scopes or model in self.scopes

@@ -8,47 +8,54 @@ PostgreSQL NOTIFY (see `InvalidationListener`) drops the affected entries as soo
 commits. While the listener is down the cache keeps entries for at most `offline_ttl_s` (1 s), so the
 guarantee holds even then; `cache_ttl_s` is the safety net for anything NOTIFY could ever miss.
 A generation counter stops a lookup that raced with an invalidation from re-caching stale data.
+The parts live beside this module: the cache (`key_cache`), the lookups (`key_lookup`), NOTIFY
+handling (`revocation`) and the checks a key must pass (`key_checks`); this one puts them together.
+
+Failures: unknown prefixes are remembered in a separate, bounded negative cache, so a flood of random
+keys can never evict the entries of real keys. Failed attempts are throttled per client address and
+per prefix (`crosslogic.auth.throttle`) before any lookup. An attempt that proves its secret without
+the database is never throttled: it matches a cached key's digest, or the digest of a key that
+authenticated on this replica before (`_proven`, kept across cache invalidations, LRU-bounded). So
+an attacker sharing a legitimate client's address (every client shares HAProxy's, see
+`crosslogic.auth.client_address`) or spraying a key's prefix cannot lock that key out; only a key
+never seen on this replica can meet a throttled address, and it then gets 429 with retry-after.
+A wrong secret on a cached prefix is a failure without a lookup: a prefix's digest never changes.
+
+Database outage: a lookup waits at most `lookup_timeout_s`. One that times out or loses its connection
+marks the database down (`crosslogic.storage.db_health`); meanwhile a key whose entry is cached
+(however stale, up to `outage_grace_s`) keeps authenticating from the cache while a background lookup
+per key watches for the database's return: no revocation can commit while the database is away from
+us. An uncached key gets 503 within `outage_wait_s`. The first lookup that gets through marks it up.
+The trade-off: a replica cut off from a database that others still reach (a partition) serves its
+cached keys without hearing revocations for up to `outage_grace_s`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import secrets
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NoReturn
 from uuid import UUID
 
 import asyncpg
 
+from crosslogic.auth.config import KeyAuthConfig
 from crosslogic.auth.context import AuthContext
 from crosslogic.auth.invalidation_listener import InvalidationListener
+from crosslogic.auth.key_cache import KeyCache, KeyEntry
+from crosslogic.auth.key_checks import INCORRECT, bearer_secret, check_key
+from crosslogic.auth.key_lookup import KeyLookup
+from crosslogic.auth.revocation import apply_notification
+from crosslogic.auth.throttle import AuthThrottleConfig, FailedAuthThrottle
 from crosslogic.auth.usage_batcher import KeyUsageBatcher
-from crosslogic.errors import AuthenticationError, InsufficientQuotaError, PermissionDeniedError
-from crosslogic.storage.db_errors import translate_db_errors
+from crosslogic.errors import AuthenticationError, ServiceUnavailableError
+from crosslogic.storage.db_health import DatabaseHealth
+from crosslogic.supervisor import LoopRestarts
 from crosslogic.tenants import key_secrets
-from crosslogic.tenants.api_key_repository import find_key_for_auth
-from crosslogic.tenants.models import KeyAuthRecord
 
 log = logging.getLogger(__name__)
-
-_MISSING = "You didn't provide an API key. Send it as 'Authorization: Bearer sk-cl-...'."
-_MALFORMED = "Malformed API key: send 'Authorization: Bearer sk-cl-...' with a CrossLogic API key."
-_INCORRECT = "Incorrect API key provided."
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """A cached lookup. `digest is None` records that no key has this prefix (negative entry)."""
-
-    digest: bytes | None
-    context: AuthContext | None
-    revoked: bool
-    expires_at: float | None  # wall-clock seconds
-    tenant_active: bool
-    cached_at: float  # monotonic seconds
-    tenant_id: UUID | None
-    billing_hold: bool = False
 
 
 class KeyAuthenticator:
@@ -60,25 +67,33 @@ class KeyAuthenticator:
         offline_ttl_s: float = 1.0,
         negative_ttl_s: float = 5.0,
         max_entries: int = 100_000,
+        max_negative_entries: int = 10_000,
         usage_flush_interval_s: float = 5.0,
+        throttle: AuthThrottleConfig | None = None,
+        config: KeyAuthConfig | None = None,
+        db_health: DatabaseHealth | None = None,
+        restarts: LoopRestarts | None = None,
     ) -> None:
-        self._pool = pool
+        config = config or KeyAuthConfig()
         self._cache_ttl_s = cache_ttl_s
         self._offline_ttl_s = offline_ttl_s
         self._negative_ttl_s = negative_ttl_s
-        self._max_entries = max_entries
-        self._cache: dict[str, _Entry] = {}
-        self._by_tenant: dict[UUID, set[str]] = {}
-        self._inflight: dict[str, asyncio.Future[_Entry]] = {}
-        self._generation = 0
-        self.usage = KeyUsageBatcher(pool, flush_interval_s=usage_flush_interval_s)
+        self._outage_grace_s = config.outage_grace_s
+        self.cache = KeyCache(max_entries=max_entries, max_negative_entries=max_negative_entries)
+        self.throttle = FailedAuthThrottle(throttle)
+        self.db = db_health or DatabaseHealth()
+        self._lookup = KeyLookup(pool, self.cache, self.db, config)
+        self.usage = KeyUsageBatcher(pool, flush_interval_s=usage_flush_interval_s, restarts=restarts)
         self.listener = InvalidationListener(
             pool,
-            on_message=self._on_notification,
-            on_connected=self.invalidate_all,
-            on_lost=self.invalidate_all,
+            on_message=lambda message: apply_notification(self.cache, message),
+            on_connected=self._on_listener_connected,
+            # Entries cached before the listener was lost may have missed a NOTIFY.
+            on_lost=self.cache.distrust_all,
+            restarts=restarts,
         )
         self.hits = 0
+        self.stale_hits = 0  # served from the cache while the database was away
         self.misses = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -95,6 +110,7 @@ class KeyAuthenticator:
                         self._offline_ttl_s)
 
     async def close(self) -> None:
+        await self._lookup.close()
         await self.listener.close()
         try:
             await self.usage.close()
@@ -103,166 +119,132 @@ class KeyAuthenticator:
 
     # -- the hot path --------------------------------------------------------------------------
 
-    async def authenticate(self, authorization: str | None, model: str | None) -> AuthContext:
+    async def authenticate(
+        self,
+        authorization: str | None,
+        model: str | None,
+        *,
+        asgi_scope: Mapping[str, Any] | None = None,
+    ) -> AuthContext:
         """Authenticate an `Authorization` header value; check `model` against the key's scopes.
 
-        Raises AuthenticationError (401, invalid_api_key) or PermissionDeniedError (403). Messages
-        never contain any part of the presented secret.
+        `asgi_scope` (the request's) says who is asking, for throttling failures; it is read only
+        off the warm path. Raises AuthenticationError (401, invalid_api_key), RateLimitError (429,
+        too_many_failed_auth) or PermissionDeniedError (403). Messages never contain any part of
+        the presented secret.
         """
-        secret = _bearer_secret(authorization)
+        secret = bearer_secret(authorization)
         prefix = key_secrets.lookup_prefix(secret)
-        entry = self._cache.get(prefix)
-        if entry is None or time.monotonic() - entry.cached_at > self._ttl(entry):
-            self.misses += 1
-            entry = await self._load(prefix)
-        else:
+        entry = self.cache.get(prefix)
+        if entry is not None and self.cache.fresh(entry, self._ttl()) and key_secrets.verify(secret, entry.digest):  # type: ignore[arg-type]
             self.hits += 1
-        if entry.digest is None or not key_secrets.verify(secret, entry.digest):
-            raise AuthenticationError(_INCORRECT)
-        context = entry.context
-        assert context is not None
-        if entry.revoked:
-            raise AuthenticationError("This API key has been revoked.")
-        if entry.expires_at is not None and time.time() >= entry.expires_at:
-            raise AuthenticationError("This API key has expired.")
-        if not entry.tenant_active and entry.billing_hold:
-            # OpenAI's answer for an account that cannot pay: 429 insufficient_quota (not retried).
-            raise InsufficientQuotaError(
-                "The organization of this API key is suspended for billing: update its payment method.",
-                headers={"x-should-retry": "false"},
-            )
-        if not entry.tenant_active:
-            raise PermissionDeniedError(
-                "The organization of this API key is suspended.", code="tenant_suspended"
-            )
-        if model is not None and not context.allows_model(model):
-            raise PermissionDeniedError(
-                f"This API key is not allowed to use the model '{model[:256]}'.", param="model"
-            )
+        elif entry is not None and self._usable_in_outage(entry) and key_secrets.verify(secret, entry.digest):  # type: ignore[arg-type]
+            self.stale_hits += 1
+            self._lookup.start(prefix)  # single flight: notices the database's return
+        else:
+            entry = await self._authenticate_cold(secret, prefix, entry, asgi_scope)
+        context = check_key(entry, model)
         self.usage.touch(context.key_id)
         return context
 
-    def _ttl(self, entry: _Entry) -> float:
-        if not self.listener.connected:
-            return self._offline_ttl_s
-        return self._negative_ttl_s if entry.digest is None else self._cache_ttl_s
+    def _ttl(self) -> float:
+        return self._cache_ttl_s if self.listener.connected else self._offline_ttl_s
+
+    def _negative_ttl(self) -> float:
+        return self._negative_ttl_s if self.listener.connected else self._offline_ttl_s
+
+    def _usable_in_outage(self, entry: KeyEntry) -> bool:
+        return self.db.down and time.monotonic() - entry.cached_at <= self._outage_grace_s
 
     # -- the cold path -------------------------------------------------------------------------
 
-    async def _load(self, prefix: str) -> _Entry:
-        # Single flight: a burst of requests with one uncached key costs one query.
-        pending = self._inflight.get(prefix)
-        if pending is not None:
-            await asyncio.wait([pending])  # unlike awaiting it, our cancellation won't cancel it
-            if not pending.cancelled():
-                return pending.result()
-            # The leader was cancelled (its client went away): look it up ourselves.
-        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
-        self._inflight[prefix] = future
+    async def _authenticate_cold(
+        self,
+        secret: str,
+        prefix: str,
+        cached: KeyEntry | None,
+        asgi_scope: Mapping[str, Any] | None,
+    ) -> KeyEntry:
+        """A key not in the cache, a stale entry, or a wrong secret: the only path that can fail."""
+        client = self.throttle.client_of(asgi_scope)
+        digest = key_secrets.digest(secret)
+        if cached is not None and not secrets.compare_digest(digest, cached.digest or b""):
+            self.hits += 1
+            self._fail(client, prefix)
+        negative_at = self.cache.negative_at(prefix)
+        if negative_at is not None and time.monotonic() - negative_at <= self._negative_ttl():
+            self.hits += 1
+            self._fail(client, prefix)
+        proven = self.cache.proven(prefix)
+        reserved = cached is None and (proven is None or not secrets.compare_digest(digest, proven))
+        if reserved:
+            self.throttle.reserve(client)  # the 429 comes here, before any lookup
+        self.misses += 1
         try:
-            generation = self._generation
-            with translate_db_errors():
-                record = await find_key_for_auth(self._pool, prefix)
-            entry = _entry_from(record)
-            if generation == self._generation:
-                self._store(prefix, entry)
-            future.set_result(entry)
-            return entry
-        except asyncio.CancelledError:
-            future.cancel()
+            entry = await self._lookup.load(prefix)
+        except ServiceUnavailableError:
+            if reserved:
+                self.throttle.refund(client)
+            if cached is not None and self._usable_in_outage(cached):
+                self.stale_hits += 1  # its digest matched above: the database just went away
+                return cached
             raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must log it
+        except BaseException:  # our failure (cancellation), not the caller's
+            if reserved:
+                self.throttle.refund(client)
             raise
-        finally:
-            if self._inflight.get(prefix) is future:
-                del self._inflight[prefix]
+        if entry.digest is None or not secrets.compare_digest(digest, entry.digest):
+            self._fail(client, prefix, reserved=reserved)
+        if reserved:
+            self.throttle.refund(client)
+        self.cache.remember_proven(prefix, entry.digest)
+        return entry
 
-    def _store(self, prefix: str, entry: _Entry) -> None:
-        self._drop(prefix)
-        while len(self._cache) >= self._max_entries:
-            self._drop(next(iter(self._cache)))  # oldest insertion first
-        self._cache[prefix] = entry
-        if entry.tenant_id is not None:
-            self._by_tenant.setdefault(entry.tenant_id, set()).add(prefix)
+    async def recheck(self, prefix: str) -> AuthContext:
+        """A key that authenticated before (a batch's), checked again without its secret: the same
+        cache, NOTIFY invalidation, lookup and checks as `authenticate`, so a revocation, expiry or
+        suspension reaches it as fast as it reaches a request. Raises what a request would get."""
+        entry = self.cache.get(prefix)
+        if entry is None or not (self.cache.fresh(entry, self._ttl()) or self._usable_in_outage(entry)):
+            try:
+                entry = await self._lookup.load(prefix)
+            except ServiceUnavailableError:
+                if entry is None or not self._usable_in_outage(entry):
+                    raise
+        if entry.digest is None:
+            raise AuthenticationError("This API key no longer exists.")
+        return check_key(entry, None)
 
-    def _drop(self, prefix: str) -> None:
-        entry = self._cache.pop(prefix, None)
-        if entry is not None and entry.tenant_id is not None:
-            prefixes = self._by_tenant.get(entry.tenant_id)
-            if prefixes is not None:
-                prefixes.discard(prefix)
-                if not prefixes:
-                    del self._by_tenant[entry.tenant_id]
+    def _fail(self, client: str, prefix: str, *, reserved: bool = False) -> NoReturn:
+        self.throttle.fail(client, prefix, reserved=reserved)  # the 429 once a budget is spent
+        raise AuthenticationError(INCORRECT)
 
     # -- invalidation --------------------------------------------------------------------------
 
+    def _on_listener_connected(self) -> None:
+        self.db.mark_up()
+        self.cache.invalidate_all()
+
     def invalidate_all(self) -> None:
-        self._generation += 1
-        self._cache.clear()
-        self._by_tenant.clear()
+        self.cache.invalidate_all()
 
     def invalidate_key(self, prefix: str) -> None:
-        self._generation += 1
-        self._drop(prefix)
+        self.cache.invalidate_key(prefix)
 
     def invalidate_tenant(self, tenant_id: UUID) -> None:
-        self._generation += 1
-        for prefix in list(self._by_tenant.get(tenant_id, ())):
-            self._drop(prefix)
+        self.cache.invalidate_tenant(tenant_id)
 
-    def _on_notification(self, message: dict[str, Any] | None) -> None:
-        try:
-            if message is not None and message.get("table") == "api_keys" and message.get("prefix"):
-                self.invalidate_key(str(message["prefix"]))
-                return
-            if message is not None and message.get("table") == "tenants" and message.get("id"):
-                self.invalidate_tenant(UUID(str(message["id"])))
-                return
-        except ValueError:
-            pass
-        # Unknown shape: we cannot tell what changed, so nothing cached can be trusted.
-        self.invalidate_all()
+    # -- figures -------------------------------------------------------------------------------
+
+    @property
+    def lookups(self) -> int:
+        """Queries sent to PostgreSQL."""
+        return self._lookup.lookups
 
     @property
     def cached_keys(self) -> int:
-        return len(self._cache)
+        return self.cache.keys
 
-
-def _bearer_secret(authorization: str | None) -> str:
-    if authorization is None or not authorization.strip():
-        raise AuthenticationError(_MISSING)
-    scheme, _, secret = authorization.strip().partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not key_secrets.is_well_formed(secret):
-        raise AuthenticationError(_MALFORMED)
-    return secret
-
-
-def _entry_from(record: KeyAuthRecord | None) -> _Entry:
-    now = time.monotonic()
-    if record is None:
-        return _Entry(None, None, False, None, False, now, None)
-    key, tenant = record.key, record.tenant
-    context = AuthContext(
-        tenant_id=tenant.id,
-        tenant_name=tenant.name,
-        key_id=key.id,
-        key_name=key.name,
-        key_prefix=key.prefix,
-        scopes=frozenset(key.scopes),
-        key_limits=key.limits,
-        tenant_limits=tenant.limits,
-        stripe_customer_id=tenant.stripe_customer_id,
-    )
-    return _Entry(
-        digest=bytes(record.secret_digest),
-        context=context,
-        revoked=key.revoked_at is not None,
-        expires_at=key.expires_at.timestamp() if key.expires_at is not None else None,
-        tenant_active=tenant.status == "active",
-        cached_at=now,
-        tenant_id=tenant.id,
-        billing_hold=record.suspended_for_billing,
-    )
+    @property
+    def cached_unknown_prefixes(self) -> int:
+        return self.cache.unknown_prefixes

@@ -9,18 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from uuid import UUID
 
 from crosslogic.storage.executor import Executor
+from crosslogic.supervisor import LoopRestarts, supervise
 from crosslogic.tenants.api_key_repository import record_key_usage
 
 log = logging.getLogger(__name__)
 
 
 class KeyUsageBatcher:
-    def __init__(self, db: Executor, *, flush_interval_s: float = 5.0) -> None:
+    def __init__(
+        self, db: Executor, *, flush_interval_s: float = 5.0, restarts: LoopRestarts | None = None
+    ) -> None:
         self._db = db
+        self._restarts = restarts
         self._flush_interval_s = flush_interval_s
         self._pending: dict[UUID, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -37,7 +41,10 @@ class KeyUsageBatcher:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="crosslogic-key-usage-flush")
+            self._task = asyncio.create_task(
+                supervise("key_usage_flush", self._run, restarts=self._restarts,
+                          backoff_base_s=self._flush_interval_s, backoff_max_s=60.0),
+                name="crosslogic-key-usage-flush")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -53,7 +60,7 @@ class KeyUsageBatcher:
         try:
             written = await record_key_usage(
                 self._db,
-                {k: datetime.fromtimestamp(t, timezone.utc) for k, t in batch.items()},
+                {k: datetime.fromtimestamp(t, UTC) for k, t in batch.items()},
             )
         except Exception:
             # Keep the batch for the next attempt; newer touches win over the ones we put back.

@@ -1,5 +1,5 @@
-"""Operator commands over the admin HTTP API: `crosslogic admin token|models`, `tenants …`, `keys …`,
-`audit`. Readable tables by default, `--json` for scripts (options: `crosslogic.cli.admin_client`).
+"""Operator commands over the admin HTTP API: `crosslogic admin token|models|regions`, `tenants …`,
+`keys …`, `audit`. Readable tables by default, `--json` for scripts (options: `crosslogic.cli.admin_client`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ TENANT_COLUMNS = (
     "id", "name", "status", "rpm", "tpm", "max_concurrency", "stripe_customer_id", "created_at"
 )
 KEY_COLUMNS = ("id", "name", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at")
-AUDIT_COLUMNS = ("id", "at", "actor", "action", "target_type", "target_id", "result")
+AUDIT_COLUMNS = ("id", "at", "actor", "action", "target_type", "target_id", "result", "attempts")
+REGION_COLUMNS = (
+    "name", "state", "reason", "last_heartbeat_age_s", "replicas", "models", "secret_generation", "gateway_url",
+)
 MODEL_COLUMNS = (
     "id", "served_name", "dtype", "parameter_count", "max_model_len", "tensor_parallel_size",
     "per_gpu_gib", "fits_on",
@@ -43,12 +46,27 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if not 0 < args.ttl <= settings.admin_jwt_max_lifetime_s:
+        print(
+            f"error: --ttl must be between 1 and {settings.admin_jwt_max_lifetime_s:g} seconds "
+            "(the verifier's bound, CROSSLOGIC_ADMIN_JWT_MAX_LIFETIME_S)",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        secret = resolve_admin_secret(Settings.from_env(), create_local=True)
+        secret = resolve_admin_secret(settings, create_local=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(mint_admin_token(secret, subject=args.subject, scopes=[args.scope], ttl_s=args.ttl))
+    token = mint_admin_token(
+        secret,
+        subject=args.subject,
+        scopes=[args.scope],
+        ttl_s=args.ttl,
+        max_lifetime_s=settings.admin_jwt_max_lifetime_s,
+    )
+    print(token)
     return 0
 
 
@@ -161,6 +179,56 @@ def _register_models(admin: Any, common: argparse.ArgumentParser) -> None:
     delete.set_defaults(handler=_models_delete)
 
 
+def _show_regions(args: argparse.Namespace, result: Any) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    created = "secret" in result
+    regions = result["data"] if result.get("object") == "list" else [result["region"] if created else result]
+    rows = [{**r, "replicas": len(r["replicas"]), "reason": r["reason"] or None} for r in regions]
+    print(format_table(rows, REGION_COLUMNS))
+    if created:
+        print(f"\nsecret: {result['secret']}\n(shown once: give it to the region as CROSSLOGIC_REGION_SECRET)")
+
+
+async def _regions_create(args: argparse.Namespace) -> int:
+    return await run_request(args, "POST", "/regions", REGION_COLUMNS, show=_show_regions, body={"name": args.name})
+
+
+async def _regions_list(args: argparse.Namespace) -> int:
+    return await run_request(args, "GET", "/regions", REGION_COLUMNS, show=_show_regions)
+
+
+def _region_call(method: str, suffix: str = "") -> Any:
+    async def handler(args: argparse.Namespace) -> int:
+        path = f"/regions/{args.name}{suffix}"
+        return await run_request(args, method, path, REGION_COLUMNS, show=_show_regions)
+
+    return handler
+
+
+def _register_regions(admin: Any, common: argparse.ArgumentParser) -> None:
+    regions = admin.add_parser("regions", help="regional clusters: register, drain, rotate secrets")
+    commands = regions.add_subparsers(dest="admin_regions_command", metavar="SUBCOMMAND")
+    regions.set_defaults(handler=lambda _args: regions.print_help() or 2)
+    create = commands.add_parser("create", parents=[common], help="register a region (its secret is shown once)")
+    create.add_argument("name", help="lower-case letters, digits and '-', e.g. eu-west")
+    create.set_defaults(handler=_regions_create)
+    commands.add_parser("list", parents=[common], help="list regions and their live state").set_defaults(
+        handler=_regions_list
+    )
+    for name, method, suffix, help_text in (
+        ("show", "GET", "", "show one region"),
+        ("drain", "POST", "/drain", "send no new requests to a region (until undrain)"),
+        ("undrain", "POST", "/undrain", "undo a drain"),
+        ("rotate-secret", "POST", "/rotate-secret", "new secret (shown once); the old one stops working"),
+        ("delete", "DELETE", "", "disable a region: its heartbeats are refused"),
+    ):
+        command = commands.add_parser(name, parents=[common], help=help_text)
+        command.add_argument("name")
+        command.set_defaults(handler=_region_call(method, suffix))
+
+
 # --- argument parsing ------------------------------------------------------------------------
 
 
@@ -198,6 +266,7 @@ def register(subparsers: Any) -> None:
     token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL_S, help="lifetime in seconds")
     token.set_defaults(handler=_cmd_token)
     _register_models(admin, common)
+    _register_regions(admin, common)
 
     tenants = _group(subparsers, "tenants", "manage tenants")
     create = tenants.add_parser("create", parents=[common], help="create a tenant")

@@ -1,7 +1,8 @@
 """`crosslogic usage` and `crosslogic billing ...`: usage reports, reconciliation, dead letters.
 
 These talk to PostgreSQL directly (DATABASE_URL or the embedded database), like `crosslogic migrate`:
-an operator can reconcile even when the API is down.
+an operator can reconcile even when the API is down. `billing` is imported inside each command: it
+builds on the core, and the core never imports it at module level (tests/unit/test_import_layers.py).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ async def _dead_letters(args: argparse.Namespace) -> int:
 
 async def _replay(args: argparse.Namespace) -> int:
     from billing.dead_letters import replay_dead_letter
-    from crosslogic.admin.audit import AuditContext, write_audit
+    from crosslogic.audit.log import AuditContext, write_audit
 
     async def body(conn: asyncpg.Connection) -> int:
         actor = f"cli:{getpass.getuser()}"

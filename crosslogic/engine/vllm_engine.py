@@ -30,6 +30,9 @@ from crosslogic.engine.base import (
     EngineStats,
     ModelCard,
 )
+from crosslogic.engine.chat_templates import chat_template_path
+from crosslogic.engine.priority import engine_body, uses_priority_scheduling
+from crosslogic.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ class _SchedulerStatsSink:
         self.running = 0
         self.waiting = 0
         self.kv_cache_usage = 0.0
+        # Summed over steps: each step's PrefixCacheStats counts only the requests it scheduled.
+        self.prefix_queries = 0
+        self.prefix_hits = 0
 
     def logger_factory(self) -> Any:
         from vllm.v1.metrics.loggers import StatLoggerBase
@@ -67,6 +73,10 @@ class _SchedulerStatsSink:
                     sink.running = scheduler_stats.num_running_reqs
                     sink.waiting = scheduler_stats.num_waiting_reqs
                     sink.kv_cache_usage = float(scheduler_stats.kv_cache_usage)
+                    prefix = getattr(scheduler_stats, "prefix_cache_stats", None)
+                    if prefix is not None:
+                        sink.prefix_queries += int(prefix.queries)
+                        sink.prefix_hits += int(prefix.hits)
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -104,7 +114,26 @@ def translate_vllm_error(status: int, message: str, param: str | None) -> Engine
     if status == 503:
         return _error_event(503, message, err_type="server_error", code="engine_overloaded", param=None)
     # Engine-side failures are retryable from the client's point of view: 502 with a stable code.
-    return _error_event(502, "The engine failed while processing the request.", err_type="server_error", code="engine_error", param=None)
+    return _error_event(
+        502, "The engine failed while processing the request.", err_type="server_error", code="engine_error", param=None
+    )
+
+
+class _RequestRefused(ValueError):
+    """A request vLLM's own validation refused (VLLMClientError), as the ValueError `_parse` raises."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__(exc.args[0] if exc.args else str(exc))
+        self.parameter: str | None = getattr(exc, "parameter", None)
+
+
+def _chat_template_file(cfg: ModelDeploymentConfig) -> str:
+    """The chat template's file, checked here on the engine's node: vLLM would take a missing path
+    for a literal template (or refuse it with a message about Jinja) instead of naming the file."""
+    path = chat_template_path(cfg.engine.chat_template or "")
+    if not path.is_file():
+        raise ConfigError(f"model {cfg.served_name}: chat template file {path} not found")
+    return str(path)
 
 
 class VLLMEngine(Engine):
@@ -134,7 +163,11 @@ class VLLMEngine(Engine):
             argv.append("--enforce-eager")
         if cfg.task == "embed":
             argv += ["--runner", "pooling"]
-        args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        if cfg.engine.chat_template:
+            argv += ["--chat-template", _chat_template_file(cfg)]
+        if cfg.engine.tool_calling:
+            argv += cfg.engine.tool_calling.vllm_argv()
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)  # type: ignore[no-untyped-call]  # vLLM
         # engine_kwargs use vLLM's argument names (the dest of each CLI flag).
         for key, value in cfg.engine.engine_kwargs.items():
             if not hasattr(args, key):
@@ -143,6 +176,9 @@ class VLLMEngine(Engine):
                 raise ConfigError(f"model {cfg.served_name}: unknown vLLM engine argument {key!r}")
             setattr(args, key, value)
         args.disable_log_stats = False  # the queue-state logger needs stats
+        # usage.prompt_tokens_details.cached_tokens: what a client's (and a test's) request reused
+        # from the prefix cache; the count is already in the engine's output, reporting it is free.
+        args.enable_prompt_tokens_details = True
         return args
 
     async def start(self) -> None:
@@ -170,6 +206,7 @@ class VLLMEngine(Engine):
             task=self._config.task,
             max_model_len=vllm_config.model_config.max_model_len,
             source=self._config.source,
+            prefix_cache_scope=self._config.prefix_cache_scope,
         )
         logger.info(
             "engine %s started (max_model_len=%d, tasks=%s)",
@@ -200,6 +237,8 @@ class VLLMEngine(Engine):
             waiting=waiting,
             kv_cache_usage=sink.kv_cache_usage if unfinished else 0.0,
             in_flight=self._in_flight,
+            prefix_cache_queries=sink.prefix_queries,
+            prefix_cache_hits=sink.prefix_hits,
         )
 
     def unfinished_requests(self) -> int:
@@ -217,20 +256,38 @@ class VLLMEngine(Engine):
     ) -> AsyncIterator[EngineEvent]:
         self._in_flight += 1
         arrived = time.perf_counter()
+        # The tenant's tier as vLLM's priority, when this engine schedules by it (crosslogic/engine/priority.py).
+        body = engine_body(body, uses_priority_scheduling(self._config.engine.engine_kwargs))
         try:
             if endpoint == "embeddings":
                 yield await self._embed(body, request_id)
+                return
+            if endpoint == "responses":
+                async for event in self._respond(body, request_id, arrived):
+                    yield event
                 return
             async for event in self._generate_text(endpoint, body, request_id, arrived):
                 yield event
         finally:
             self._in_flight -= 1
 
+    def _respond(self, body: dict[str, Any], request_id: str, arrived: float) -> AsyncIterator[EngineEvent]:
+        from crosslogic.engine.vllm_responses import serve_responses
+
+        serving = self._serving("responses")
+        if serving is None:
+            return _one(self._unsupported("responses"))
+        return serve_responses(
+            serving, body, request_id, arrived, refuse=self._validation_error, fail=self._from_exception,
+            translate=translate_vllm_error, coalesce=_coalesce,
+        )
+
     def _serving(self, endpoint: Endpoint) -> Any:
         attr = {
             "chat": "openai_serving_chat",
             "completions": "openai_serving_completion",
             "embeddings": "serving_embedding",
+            "responses": "openai_serving_responses",
         }[endpoint]
         return getattr(self._state, attr, None)
 
@@ -239,12 +296,18 @@ class VLLMEngine(Engine):
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+        from vllm.exceptions import VLLMClientError
 
-        if endpoint == "chat":
-            return ChatCompletionRequest.model_validate(body)
-        if endpoint == "completions":
-            return CompletionRequest.model_validate(body)
-        return TypeAdapter(EmbeddingRequest).validate_python(body)
+        try:
+            if endpoint == "chat":
+                return ChatCompletionRequest.model_validate(body)
+            if endpoint == "completions":
+                return CompletionRequest.model_validate(body)
+            return TypeAdapter(EmbeddingRequest).validate_python(body)
+        except VLLMClientError as exc:
+            # vLLM's model validators raise this (an empty prompt, top_logprobs without logprobs...):
+            # not a ValueError, so pydantic lets it through and it reached the ingress as a 500.
+            raise _RequestRefused(exc) from None
 
     def _unsupported(self, endpoint: Endpoint) -> EngineEvent:
         what = "embeddings" if endpoint == "embeddings" else "text generation"
@@ -262,8 +325,14 @@ class VLLMEngine(Engine):
         if isinstance(exc, ValidationError) and exc.errors():
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith("function-"))
-            return _error_event(400, str(first.get("msg", "invalid request")), err_type="invalid_request_error", code="invalid_request", param=param or None)
-        return _error_event(400, str(exc), err_type="invalid_request_error", code="invalid_request", param=None)
+            return _error_event(
+                400, str(first.get("msg", "invalid request")), err_type="invalid_request_error",
+                code="invalid_request", param=param or None,
+            )
+        return _error_event(
+            400, str(exc), err_type="invalid_request_error", code="invalid_request",
+            param=getattr(exc, "parameter", None),
+        )
 
     def _from_exception(self, serving: Any, exc: Exception) -> EngineEvent:
         err = serving.create_error_response(exc)
@@ -325,7 +394,9 @@ class VLLMEngine(Engine):
             payload = result.model_dump(mode="json", exclude_none=True)
             yield (RESPONSE, payload)
             usage = payload.get("usage") or {}
-            yield (USAGE, {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)})
+            yield (USAGE, {
+                "prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0),
+            })
             return
         first = True
         try:
@@ -386,7 +457,7 @@ async def _coalesce(source: AsyncIterator[str]) -> AsyncIterator[list[str]]:
     Each event crossing the Serve boundary costs a message; under load several chunks are ready at
     once and travel as one. An idle stream is not delayed: a lone event goes out immediately.
     """
-    queue: asyncio.Queue[str | None | BaseException] = asyncio.Queue()
+    queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
 
     async def pump() -> None:
         try:
@@ -426,6 +497,10 @@ async def _coalesce(source: AsyncIterator[str]) -> AsyncIterator[list[str]]:
                 await task
         with contextlib.suppress(Exception):
             await source.aclose()  # type: ignore[attr-defined]
+
+
+async def _one(event: EngineEvent) -> AsyncIterator[EngineEvent]:
+    yield event
 
 
 def _drain(first: Any, queue: asyncio.Queue[Any]) -> list[Any]:

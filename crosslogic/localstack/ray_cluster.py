@@ -2,7 +2,9 @@
 
 Used by `crosslogic local up` and by the end-to-end tests. Everything stays on loopback: Ray binds
 the machine's routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set for every Ray
-process and the node address is 127.0.0.1. Port 6379 (Ray's default GCS port) is left to Redis.
+process and the node address is 127.0.0.1. Two listeners Ray binds on all interfaces whatever the
+node address are moved to loopback too: HAProxy's stats and Prometheus pages (`haproxy_env`) and
+each Serve replica's gRPC server (`ray_env`). Port 6379 (Ray's default GCS port) is left to Redis.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from crosslogic.errors import ConfigError
+from crosslogic.localstack.haproxy_loopback import REAL_BINARY_ENV, real_haproxy_binary, write_launcher
+from crosslogic.localstack.listeners import Listener, listeners
+from crosslogic.settings import default_home
 
 Progress = Callable[[str], None]
 
@@ -47,6 +52,8 @@ def free_port() -> int:
 
 
 _CLUSTER_TAG = "CROSSLOGIC_LOCAL_CLUSTER_ID"
+_PRELOAD_ENV = "RAY_preload_python_modules"
+LOOPBACK_PRELOAD = "deployments.local_loopback"
 
 
 def ray_env(cluster_id: str | None = None) -> dict[str, str]:
@@ -56,14 +63,19 @@ def ray_env(cluster_id: str | None = None) -> dict[str, str]:
         env[_CLUSTER_TAG] = cluster_id
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # A stray ~/.ray/auth_token silently turns Ray's token auth on for `ray start` while the CLI
-    # calls that follow then fail; the local cluster is loopback-only, so say "off" explicitly.
+    # calls that follow then fail; the local cluster is loopback-only (tests/serve/test_listeners.py
+    # checks every socket), so say "off" explicitly.
     env.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray's system config `preload_python_modules`: every worker imports this module first. It
+    # moves the gRPC server each Serve replica binds on all interfaces (hard-coded in Ray) to
+    # loopback; see the module. Appended to what the caller preloads already.
+    preload = [m for m in env.get(_PRELOAD_ENV, "").split(",") if m and m != LOOPBACK_PRELOAD]
+    env[_PRELOAD_ENV] = ",".join([*preload, LOOPBACK_PRELOAD])
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("HF_HUB_OFFLINE", "1")
     # Ray starts its workers at nice 15, below its own daemons (GCS, raylet, dashboard, log monitor):
     # here the workers are the serving path (HAProxy, replicas, vLLM's processes), which bare vLLM
-    # runs at 0. Measured at 16 clients (benchmarks/serving_overhead.py, crosslogic_nice0, one run):
-    # stage medians admit 25 -> 19 ms, transit 29 -> 20 ms, outside 32 -> 13 ms; 1 client unchanged.
+    # runs at 0. Every stage of a request got faster at 16 clients (README, "Why the defaults").
     env.setdefault("RAY_worker_niceness", "0")
     return env
 
@@ -71,9 +83,8 @@ def ray_env(cluster_id: str | None = None) -> dict[str, str]:
 # How HTTP reaches the ingress replicas. "haproxy" (default): Ray Serve's HAProxy ingress, where
 # HAProxy on the HTTP port balances straight to a uvicorn inside each ingress replica ("direct
 # ingress"); "proxy": Ray Serve's ProxyActor, which relays every ASGI message to the replica as a
-# pickled Ray call. Measured on this 2-core machine (benchmarks/serving_overhead.py, SmolLM2, 64
-# tokens, 16/64/128 requests per level, one run): TTFT overhead over bare vLLM p50 +19.7 -> +17.8 ms,
-# throughput ratio at 16 clients 0.69 -> 0.74, GET /health +5.5 -> +0.5 ms.
+# pickled Ray call. HAProxy costs less TTFT and gives more throughput (benchmarks/serving_overhead.py;
+# README, "Why the defaults").
 INGRESS_ENV = "CROSSLOGIC_SERVE_INGRESS"
 INGRESS_MODES = ("haproxy", "proxy")
 
@@ -86,16 +97,27 @@ def ingress_mode(mode: str | None = None) -> str:
     return mode
 
 
-def haproxy_env(request_timeout_s: float = 600) -> dict[str, str]:
+def haproxy_env(request_timeout_s: float = 600, home: Path | None = None) -> dict[str, str]:
     """What every Ray process of the cluster (`ray start`'s environment) needs for the HAProxy ingress.
 
     Ray reads the flags in each process (controller, replicas, the HAProxy manager): set at `ray
     start`, they reach all of them. The side ports get free ones so two local clusters (a
     developer's `make run` and the tests) coexist; they are HAProxy's stats page, its Prometheus
-    endpoint (both listen on all interfaces: Ray's template, not ours) and the fallback ProxyActor
-    that serves while no ingress replica is up.
+    endpoint and the fallback ProxyActor that serves while no ingress replica is up. Ray's template
+    binds the first two on all interfaces: HAProxy is started through a launcher, written into
+    `home` (default $CROSSLOGIC_HOME), that moves them to loopback (see `haproxy_loopback`).
     """
+    home = home or default_home()
+    # HAProxy's access log. Ray's default target, syslog at UDP 127.0.0.1:514 (where nothing
+    # listens on a laptop: the lines were dropped), makes HAProxy send from an unconnected UDP
+    # socket on 0.0.0.0. A Unix datagram path drops them just as quietly with no socket on the
+    # network; to read them, listen there: `socat -u UNIX-RECV:$CROSSLOGIC_HOME/haproxy-access.sock -`.
+    # (Over ~100 bytes a Unix path no longer fits sockaddr_un: keep Ray's default then.)
+    access_log = str(home / "haproxy-access.sock")
     return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(write_launcher(home / "bin")),
+        REAL_BINARY_ENV: real_haproxy_binary(),
+        **({"RAY_SERVE_HAPROXY_LOG_TARGET": access_log} if len(access_log) < 100 else {}),
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         # One HAProxy thread: it relays bytes, and two cores are shared with the engines.
@@ -133,6 +155,11 @@ class LocalRayCluster:
     cluster_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # None: CROSSLOGIC_SERVE_INGRESS when the cluster starts (default "haproxy").
     ingress: str | None = None
+    # Where generated files go (the HAProxy launcher); None: $CROSSLOGIC_HOME.
+    home: Path | None = None
+    # More environment for `ray start` (and so for every Ray process and replica), e.g. a region's
+    # secret: handed to the subprocess only, never set in this process's os.environ.
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     _serve_env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -159,9 +186,12 @@ class LocalRayCluster:
         if self.temp_dir:
             cmd.append(f"--temp-dir={self.temp_dir}")
         self.ingress = ingress_mode(self.ingress)
-        self._serve_env = haproxy_env() if self.ingress == "haproxy" else {}
-        env = {**ray_env(self.cluster_id), **self._serve_env}
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        self._serve_env = haproxy_env(home=self.home) if self.ingress == "haproxy" else {}
+        env = {**ray_env(self.cluster_id), **self._serve_env, **self.env}
+        # Its own session: the daemons `ray start` leaves behind (GCS, raylet, dashboard, and the
+        # workers and HAProxy they start) must not share the terminal's process group, or Ctrl-C
+        # reaches them too and the half-dead cluster hangs `serve shutdown`. The CLI stops them.
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, start_new_session=True)
         if result.returncode != 0:
             raise ConfigError(f"ray start failed: {result.stderr.strip().splitlines()[-1:] or result.stdout}")
 
@@ -171,7 +201,7 @@ class LocalRayCluster:
         for attempt in range(attempts):
             result = subprocess.run(
                 [_bin("serve"), "deploy", str(config_path), "-a", self.dashboard_url],
-                env={**ray_env(), **self._serve_env}, capture_output=True, text=True,
+                env={**ray_env(), **self._serve_env}, capture_output=True, text=True, start_new_session=True,
             )
             if result.returncode == 0:
                 return
@@ -185,6 +215,10 @@ class LocalRayCluster:
             [_bin("serve"), "status", "-a", self.dashboard_url], env=ray_env(), capture_output=True, text=True
         )
         return result.stdout
+
+    def listeners(self) -> list[Listener]:
+        """Every socket this cluster's processes listen on (all must be on loopback)."""
+        return listeners(cluster_processes(self.cluster_id))
 
     def keep_off_engine_cores(self) -> str:
         """Once the engines run: the cluster's other threads leave the CPU engines' cores (see
@@ -204,17 +238,25 @@ class LocalRayCluster:
         stop_cluster(self.cluster_id, self.dashboard_url)
 
 
-def stop_cluster(cluster_id: str, dashboard_url: str) -> None:
-    """`LocalRayCluster.stop` for a cluster known only by its recorded id (`crosslogic local down`)."""
-    subprocess.run(
-        [_bin("serve"), "shutdown", "-y", "-a", dashboard_url],
-        env=ray_env(), capture_output=True, text=True, timeout=120,
-    )
-    kill_tagged_processes(cluster_id, grace_s=10.0)
+def stop_cluster(cluster_id: str, dashboard_url: str, *, shutdown_timeout_s: float = 10.0,
+                 grace_s: float = 6.0) -> None:
+    """`LocalRayCluster.stop` for a cluster known only by its recorded id (`crosslogic local down`).
+
+    Bounded, so Ctrl-C on `local up` ends within 30 s: a graceful `serve shutdown` that does not
+    finish in time is abandoned and the tagged processes are ended anyway, SIGKILL after `grace_s`.
+    """
+    try:
+        subprocess.run(
+            [_bin("serve"), "shutdown", "-y", "-a", dashboard_url],
+            env=ray_env(), capture_output=True, text=True, timeout=shutdown_timeout_s, start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        pass  # subprocess.run killed it; the processes below are ended regardless
+    kill_tagged_processes(cluster_id, grace_s=grace_s)
     # One scan misses a process started while we were killing (a worker the raylet was forking):
     # scan again until nothing is left.
     for _ in range(3):
-        if not kill_tagged_processes(cluster_id, grace_s=2.0):
+        if not kill_tagged_processes(cluster_id, grace_s=1.0):
             break
 
 
@@ -235,19 +277,30 @@ def _carries_tag(proc: Any, cluster_id: str) -> bool:
 
 
 def cluster_processes(cluster_id: str) -> list[Any]:
-    """Every process of one local cluster (psutil.Process), this one excepted."""
+    """Every process of one local cluster (psutil.Process), this one excepted: those carrying our
+    tag, and their descendants.
+
+    The descendants matter for Ray's agents: the raylet hands them an environment in hash order
+    and their new title zeroes its first 450-1450 bytes, so the tag survives only where it happened
+    to land further on. Seen in tests/serve/test_local_stack.py: DashboardAgent and RuntimeEnvAgent
+    missed, so they outlived `local down` and their sockets went unchecked. The raylet (their
+    parent, not retitled) keeps its environment intact.
+    """
     import psutil
 
-    tagged = []
+    found: dict[int, Any] = {}
     for proc in psutil.process_iter(["pid"]):
         try:
-            if proc.pid == os.getpid():
-                continue
-            if _carries_tag(proc, cluster_id):
-                tagged.append(proc)
+            if proc.pid != os.getpid() and _carries_tag(proc, cluster_id):
+                found[proc.pid] = proc
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return tagged
+    for proc in list(found.values()):
+        try:
+            found.update((child.pid, child) for child in proc.children(recursive=True) if child.pid != os.getpid())
+        except psutil.Error:  # ended meanwhile
+            continue
+    return list(found.values())
 
 
 def kill_tagged_processes(cluster_id: str, grace_s: float = 0.0) -> int:

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from typing import Any
+
+from crosslogic.alerts.model import Alert, Severity
+from crosslogic.alerts.registry import current_dispatcher
 
 ALERT_LOGGER = "crosslogic.alerts"
+# Values kept per histogram between two exports (deployments/ray_metrics.py): the newest win.
+_MAX_OBSERVED = 10_000
 
 
 class Metrics:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self._values: dict[str, float] = {}
+        self._observed: dict[str, deque[float]] = {}
 
     def inc(self, name: str, amount: float = 1) -> None:
         key = f"{self.prefix}_{name}"
@@ -31,13 +39,58 @@ class Metrics:
     def snapshot(self) -> dict[str, float]:
         return dict(self._values)
 
+    def observe(self, name: str, value: float) -> None:
+        """One value for a histogram (e.g. a flush's duration), kept until the exporter drains it;
+        bounded, so nothing grows where no exporter runs (unit tests, tools)."""
+        key = f"{self.prefix}_{name}"
+        pending = self._observed.get(key)
+        if pending is None:
+            pending = self._observed[key] = deque(maxlen=_MAX_OBSERVED)
+        pending.append(value)
 
-def alert(name: str, message: str, *args: object) -> None:
-    """Log an operator alert: one ERROR line on the `crosslogic.alerts` logger, tagged with its name.
+    def drain(self) -> dict[str, list[float]]:
+        """The values observed since the last drain, by name."""
+        drained = {name: list(values) for name, values in self._observed.items() if values}
+        for values in self._observed.values():
+            values.clear()
+        return drained
 
-    Alerting rules match on the logger and the `alert` field; the paired metric is what dashboards use.
+
+def alert(name: str, message: str, *args: object, key: str = "", severity: Severity = "error",
+          details: dict[str, Any] | None = None) -> None:
+    """Log an operator alert: one ERROR line on the `crosslogic.alerts` logger, tagged with its name,
+    and hand it to the process's alert dispatcher (webhook, PagerDuty) when one is installed.
+
+    `key` tells instances of one alert apart (a model, a loop): de-duplication and PagerDuty's incident
+    are per name and key. Alerting rules match on the logger and the `alert` field; the paired metric is
+    what dashboards use.
     """
     logging.getLogger(ALERT_LOGGER).error("ALERT %s: " + message, name, *args, extra={"alert": name})
+    _dispatch(name, key, "trigger", severity, message, args, details)
+
+
+def resolve_alert(name: str, key: str = "", message: str = "", *args: object) -> None:
+    """The condition behind alert `name` (and `key`) has cleared: one INFO line, and a resolve to the
+    sinks (sent only if this process's dispatcher triggered it)."""
+    logging.getLogger(ALERT_LOGGER).info("RESOLVED %s%s: " + (message or "cleared"), name,
+                                         f"[{key}]" if key else "", *args, extra={"alert": name})
+    _dispatch(name, key, "resolve", "info", message or "cleared", args, None)
+
+
+def _dispatch(name: str, key: str, state: str, severity: Severity, message: str, args: tuple[object, ...],
+              details: dict[str, Any] | None) -> None:
+    dispatcher = current_dispatcher()
+    if dispatcher is None:
+        return
+    try:
+        summary = message % args if args else message
+    except (TypeError, ValueError):
+        summary = f"{message} {args!r}"
+    try:
+        dispatcher.submit(Alert(name=name, key=key, state=state, severity=severity,  # type: ignore[arg-type]
+                                summary=f"{name}: {summary}", details=details or {}))
+    except Exception:  # never let delivery break the caller; the log line above is already out
+        logging.getLogger(ALERT_LOGGER).exception("alert %s not handed to the dispatcher", name)
 
 
 class AlertThrottle:
@@ -55,4 +108,4 @@ class AlertThrottle:
         if last is not None and now - last < self._interval_s:
             return
         self._last[slot] = now
-        alert(name, message, *args)
+        alert(name, message, *args, key=key)

@@ -1,6 +1,6 @@
 """UsageRecorder: the hot path only appends to a bounded buffer; a background task batch-inserts.
 
-Exactly-once comes from the ledger's primary key (request id) and `ON CONFLICT DO NOTHING`: a batch
+Exactly-once comes from the ledger's primary key (the server-minted request id) and `ON CONFLICT DO NOTHING`: a batch
 whose outcome is unknown (connection lost at commit) is simply inserted again. Rows leave the buffer
 only after their batch committed, so a PostgreSQL outage costs latency of the ledger, not rows. The
 buffer is bounded so an outage cannot exhaust memory; overflow drops the new record, which is counted
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from itertools import islice
@@ -20,15 +19,17 @@ import asyncpg
 
 from crosslogic.metering.metrics import Metrics, alert
 from crosslogic.metering.records import UsageRecord
+from crosslogic.supervisor import LoopRestarts, supervise
 
 log = logging.getLogger(__name__)
 
 _INSERT = """
 INSERT INTO usage_ledger (request_id, tenant_id, key_id, model, region, prompt_tokens,
-                          completion_tokens, status, queue_ms, ttft_ms, total_ms, created_at)
+                          completion_tokens, status, queue_ms, ttft_ms, total_ms, created_at,
+                          client_request_id, batch_id, price_multiplier)
 SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[],
                      $7::int[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
-                     $12::timestamptz[])
+                     $12::timestamptz[], $13::text[], $14::text[], $15::numeric[])
 ON CONFLICT (request_id) DO NOTHING
 """
 
@@ -50,6 +51,9 @@ def _columns(batch: list[UsageRecord]) -> list[list[object]]:
         [r.ttft_ms for r in batch],
         [r.total_ms for r in batch],
         [r.created_at for r in batch],
+        [r.client_request_id for r in batch],
+        [r.batch_id for r in batch],
+        [r.price_multiplier for r in batch],
     ]
 
 
@@ -64,8 +68,11 @@ class UsageRecorder:
         retry_base_s: float = 0.2,
         retry_max_s: float = 5.0,
         metrics: Metrics | None = None,
+        restarts: LoopRestarts | None = None,
     ) -> None:
         self._pool = pool
+        self._restarts = restarts
+        self._failures = 0
         self._buffer: deque[UsageRecord] = deque()
         self._max_buffer = max_buffer
         self._batch_size = batch_size
@@ -106,7 +113,12 @@ class UsageRecorder:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
+            # A failed flush escapes to the supervisor, which logs it, counts the restart and backs off;
+            # the rows stay buffered. After the last flush on close, `_run` returns and it ends.
+            self._task = asyncio.get_running_loop().create_task(supervise(
+                "usage_flush", self._run, restarts=self._restarts, backoff_base_s=self._retry_base_s,
+                backoff_max_s=self._retry_max_s, healthy_after_s=self._retry_max_s, finished_on_return=True,
+            ), name="usage-recorder")
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Stop the background task and flush what is buffered, retrying until `timeout_s`."""
@@ -127,12 +139,11 @@ class UsageRecorder:
             )
 
     async def _run(self) -> None:
-        failures = 0
         while True:
             if not self._buffer and self._closing:
                 return
             small = len(self._buffer) < self._batch_size
-            if not self._closing and failures == 0 and small:
+            if not self._closing and self._failures == 0 and small:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
@@ -141,22 +152,22 @@ class UsageRecorder:
             try:
                 while self._buffer:
                     await self._flush_batch()
-                failures = 0
-            except Exception as exc:  # any failure: keep the rows, back off, retry
-                failures += 1
+                self._failures = 0
+            except Exception as exc:  # any failure: keep the rows; the supervisor backs off, retries
+                self._failures += 1
                 self.metrics.inc("flush_errors_total")
-                delay = min(self._retry_max_s, self._retry_base_s * 2 ** min(failures, 10))
-                delay *= random.uniform(0.5, 1.0)
-                log.warning(
-                    "usage ledger flush failed (%s: %s); %d rows kept, retry in %.2fs",
-                    type(exc).__name__,
-                    exc,
-                    len(self._buffer),
-                    delay,
-                )
-                if failures == 5:
-                    alert("usage_ledger_write_failing", "ledger writes failing: %s", exc)
-                await asyncio.sleep(delay)
+                if self._failures == 5:
+                    alert("usage_ledger_write_failing", "ledger writes failing: %s (%d rows kept)",
+                          exc, len(self._buffer))
+                raise
+
+    async def write(self, records: list[UsageRecord]) -> None:
+        """Insert `records` now, past the buffer, for a caller that must know its rows are in the ledger
+        before it goes on (a batch line, before its result is recorded); raises on a database error.
+        The ledger's key makes a row written twice count once."""
+        if records:
+            async with self._pool.acquire() as conn:
+                await conn.execute(_INSERT, *_columns(records))
 
     async def flush(self) -> None:
         """Write everything buffered now (tests, shutdown hooks); raises on a database error."""
@@ -165,11 +176,13 @@ class UsageRecorder:
 
     async def _flush_batch(self) -> None:
         batch = list(islice(self._buffer, 0, self._batch_size))
+        started = time.monotonic()
         try:
             async with self._pool.acquire() as conn:
                 await conn.execute(_INSERT, *_columns(batch))
         except _DATA_ERRORS as exc:
             await self._insert_one_by_one(batch, exc)
+        self.metrics.observe("flush_seconds", time.monotonic() - started)
         # Only this task removes rows, and only from the left: what we wrote is still the prefix.
         for _ in batch:
             self._buffer.popleft()

@@ -7,7 +7,7 @@ ledger row whose model is no longer registered costs 0 and is still counted.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -48,12 +48,20 @@ class UsageQuery(BaseModel):
 
     @model_validator(mode="after")
     def _check_range(self) -> UsageQuery:
+        if self.model is not None and ("\x00" in self.model or len(self.model) > 256):
+            # PostgreSQL text cannot hold NUL (asyncpg raised: a 500 for a typo'd query string).
+            raise InvalidRequestError("'model' must be a model name (at most 256 characters, no NUL)", param="model")
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise InvalidRequestError(
                     f"'{name}' needs a timezone (e.g. 2026-01-01T00:00:00Z)", param=name
                 )
+            if value is not None:
+                try:  # 0001-01-01T00:00+14:00 is before year 1 in UTC: PostgreSQL refused it (a 500)
+                    setattr(self, name, value.astimezone(UTC))
+                except OverflowError:
+                    raise InvalidRequestError(f"'{name}' is out of range", param=name) from None
         if self.start and self.end and self.end <= self.start:
             raise InvalidRequestError("'end' must be after 'start'", param="end")
         return self

@@ -52,8 +52,6 @@ from crosslogic.ratelimit.failover import FailoverRateLimiter
 from crosslogic.ratelimit.headers import format_duration, rate_limit_error, rate_limit_headers
 from crosslogic.ratelimit.memory import InMemoryRateLimiter
 from crosslogic.ratelimit.metrics import MeteredRateLimiter, NoopRateLimitMetrics, RateLimitMetrics
-from crosslogic.ratelimit.scope import LeaseScope
-from crosslogic.ratelimit.subjects import admission_request_for, key_subject, tenant_subject
 from crosslogic.ratelimit.models import (
     Admission,
     AdmissionRequest,
@@ -65,6 +63,9 @@ from crosslogic.ratelimit.models import (
     SubjectStatus,
     WindowStatus,
 )
+from crosslogic.ratelimit.scope import LeaseScope
+from crosslogic.ratelimit.subjects import admission_request_for, key_subject, tenant_subject
+from crosslogic.supervisor import LoopRestarts
 
 
 def build_rate_limiter(
@@ -73,6 +74,7 @@ def build_rate_limiter(
     redis_url: str | None,
     in_cluster: RateLimiter | None = None,
     metrics: RateLimitMetrics | None = None,
+    restarts: LoopRestarts | None = None,
 ) -> RateLimiter:
     """Redis when `redis_url` is set, else `in_cluster` (the actor client), behind fail mode and
     telemetry. Call `await limiter.close()` on shutdown."""
@@ -86,7 +88,7 @@ def build_rate_limiter(
         primary = in_cluster
     else:
         raise ValueError("build_rate_limiter needs a redis_url or an in-cluster limiter")
-    return MeteredRateLimiter(FailoverRateLimiter(primary, config, metrics), metrics)
+    return MeteredRateLimiter(FailoverRateLimiter(primary, config, metrics, restarts=restarts), metrics)
 
 
 __all__ = [

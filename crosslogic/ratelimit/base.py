@@ -18,7 +18,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crosslogic.ratelimit.models import Admission, AdmissionRequest, Settlement, Subject, SubjectState
+from crosslogic.ratelimit.models import (
+    Admission,
+    AdmissionRequest,
+    BackendName,
+    Settlement,
+    Subject,
+    SubjectState,
+)
 
 FailMode = Literal["open", "closed"]
 
@@ -43,12 +50,21 @@ class RateLimitConfig(BaseModel):
     replicas: int = Field(default=1, ge=1)
     # After a backend error, requests go straight to the fail mode for this long before one probes.
     probe_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Bounds the limiter's memory per key and per tenant: at most this many requests in one window
+    # (log entries) and this many concurrent leases. Limits below it stay exact; a larger limit acts
+    # as this ceiling (refused as rpm/concurrency), never as a looser one.
+    max_entries_per_subject: int = Field(default=200_000, ge=1, le=10_000_000)
+    # The in-cluster limiter's stream (crosslogic/ratelimit/wire.py): connections beyond this are
+    # closed at once; one without a frame for this long is closed (clients ping every third of it).
+    stream_max_connections: int = Field(default=256, ge=1, le=65_536)
+    stream_idle_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
 
 
 class RateLimiter(abc.ABC):
     """Admission control for one request; implementations must be safe to call concurrently."""
 
-    backend_name: str = "abstract"
+    # Set by each backend (a wrapper takes its inner limiter's).
+    backend_name: BackendName
 
     @abc.abstractmethod
     async def admit(self, request: AdmissionRequest) -> Admission:
@@ -70,5 +86,5 @@ class RateLimiter(abc.ABC):
         """For /ready: whether admissions are being decided as configured, and how."""
         return True, self.backend_name
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  # a no-op by design: only some backends hold connections
         """Release connections; the default holds none."""

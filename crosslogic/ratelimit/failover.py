@@ -24,6 +24,7 @@ after `window_s + lease_ttl_s`, when everything they would undo has expired on i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -34,6 +35,7 @@ from crosslogic.ratelimit.base import RateLimitBackendError, RateLimitConfig, Ra
 from crosslogic.ratelimit.memory import InMemoryRateLimiter
 from crosslogic.ratelimit.metrics import NoopRateLimitMetrics, RateLimitMetrics
 from crosslogic.ratelimit.models import Admission, AdmissionRequest, Settlement, Subject, SubjectState
+from crosslogic.supervisor import LoopRestarts, supervise
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,8 +49,11 @@ class FailoverRateLimiter(RateLimiter):
         primary: RateLimiter,
         config: RateLimitConfig | None = None,
         metrics: RateLimitMetrics | None = None,
+        *,
+        restarts: LoopRestarts | None = None,
     ) -> None:
         self.config = config or RateLimitConfig()
+        self._restarts = restarts
         self.primary = primary
         self.local = InMemoryRateLimiter(self.config, backend_label="local")
         self.metrics: RateLimitMetrics = metrics or NoopRateLimitMetrics()
@@ -196,7 +201,10 @@ class FailoverRateLimiter(RateLimiter):
         give_up_at = time.monotonic() + self.config.window_s + admission.lease_ttl_s
         self._unsettled[admission.request_id] = (admission, actual_tokens, give_up_at)
         if self._retrier is None or self._retrier.done():
-            self._retrier = asyncio.get_running_loop().create_task(self._retry_unsettled())
+            # Ends by itself once nothing is unsettled; a crash is restarted (the rows are in self).
+            self._retrier = asyncio.get_running_loop().create_task(supervise(
+                "ratelimit_settle_retry", self._retry_unsettled, restarts=self._restarts,
+                backoff_base_s=self.config.probe_interval_s, finished_on_return=True))
 
     async def _retry_unsettled(self) -> None:
         delay = _RETRY_FIRST_S
@@ -207,7 +215,7 @@ class FailoverRateLimiter(RateLimiter):
                 if time.monotonic() > give_up_at:
                     self._unsettled.pop(request_id, None)
                     continue
-                ok, _ = await self._on_primary("settle", lambda a=admission, t=tokens: self.primary.settle(a, t))
+                ok, _ = await self._on_primary("settle", functools.partial(self.primary.settle, admission, tokens))
                 if not ok:
                     break  # still unreachable: the whole batch waits for the next round
                 self._unsettled.pop(request_id, None)

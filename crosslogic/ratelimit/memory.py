@@ -3,6 +3,13 @@
 It is the state behind the in-cluster backend (one named Ray actor per cluster, see
 `deployments/ratelimit_actor.py`) and the per-replica fallback while Redis is unreachable. Every public
 method does all its work without awaiting, so on one event loop each call is atomic, as a Lua script is.
+
+Memory follows live traffic, not history: log entries leave with the window, leases at settlement or
+expiry, and a subject with neither is forgotten by the sweep (once per window). One subject's state is
+bounded by `config.max_entries_per_subject`: the log must hold every request of the window to stay
+exact at the window's edge, so instead of summarising it (which would make limits approximate) a
+subject never holds more than that many requests in its window, nor leases; a limit above it, or none
+on a windowed subject, acts as that ceiling. Both backends apply the same ceiling.
 """
 
 from __future__ import annotations
@@ -20,16 +27,18 @@ from crosslogic.ratelimit.models import (
     Admission,
     AdmissionRequest,
     BackendName,
+    Limits,
     Rejection,
     Settlement,
     Subject,
     SubjectState,
+    SubjectStatus,
 )
 
 SubjectId = tuple[str, str, str]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     at: float
     tokens: int
@@ -79,6 +88,16 @@ class _Window:
     @property
     def idle(self) -> bool:
         return not self.log and not self.leases
+
+
+def ceilings(limits: Limits, max_entries: int) -> tuple[int | None, int]:
+    """The RPM and concurrency actually enforced: the configured ones, capped by the per-subject
+    memory bound (a windowed subject's log holds one entry per request in the window)."""
+    rpm = limits.rpm
+    if limits.windowed and (rpm is None or rpm > max_entries):
+        rpm = max_entries
+    concurrency = limits.max_concurrency
+    return rpm, max_entries if concurrency is None else min(concurrency, max_entries)
 
 
 class InMemoryRateLimiter(RateLimiter):
@@ -142,19 +161,19 @@ class InMemoryRateLimiter(RateLimiter):
     ) -> list[Rejection]:
         limits, found = subject.limits, []
         window_s = self.config.window_s
-        if limits.rpm is not None and len(window.log) + 1 > limits.rpm:
+        rpm, cap = ceilings(limits, self.config.max_entries_per_subject)
+        if rpm is not None and len(window.log) + 1 > rpm:
             retry = None
-            if limits.rpm > 0:
+            if rpm > 0:
                 # The request whose expiry brings the count below the limit.
-                blocking = next(islice(window.log.values(), len(window.log) - limits.rpm, None))
+                blocking = next(islice(window.log.values(), len(window.log) - rpm, None))
                 retry = blocking.at + window_s - now
-            found.append(status.rejection(subject, "rpm", limits.rpm, 1, retry))
+            found.append(status.rejection(subject, "rpm", rpm, 1, retry))
         need = request.reserved_tokens
         if limits.tpm is not None and window.tokens + need > limits.tpm:
             retry = None if need > limits.tpm else window.tpm_retry(need, limits.tpm, now, window_s)
             found.append(status.rejection(subject, "tpm", limits.tpm, need, retry))
-        cap = limits.max_concurrency
-        if cap is not None and len(window.leases) + 1 > cap:
+        if len(window.leases) + 1 > cap:
             earliest = min(window.leases.values(), default=None)
             retry = None if cap == 0 else status.concurrency_retry(
                 None if earliest is None else earliest - now)
@@ -229,12 +248,17 @@ class InMemoryRateLimiter(RateLimiter):
         window.purge_leases(now)
         return window
 
-    def _status(self, subject: Subject, window: _Window, now: float) -> status.SubjectStatus:
+    def _status(self, subject: Subject, window: _Window, now: float) -> SubjectStatus:
         return status.subject_status(
             subject, requests=len(window.log), tokens=window.tokens,
             oldest_age_s=window.oldest_age(now), window_s=self.config.window_s,
             active_leases=len(window.leases),
         )
+
+    @property
+    def subjects(self) -> int:
+        """Subjects with state held (for tests and operators: memory follows live traffic)."""
+        return len(self._windows)
 
     def _sweep(self, now: float) -> None:
         """Forget idle subjects once per window so memory follows live traffic, not history."""

@@ -115,6 +115,7 @@ class RedisRateLimiter(RateLimiter):
         for s in subjects:
             limits = s.limits
             args += [_limit_arg(limits.rpm), _limit_arg(limits.tpm), _limit_arg(limits.max_concurrency)]
+        args.append(self.config.max_entries_per_subject)
         raw = await self._call(self._admit(keys=self._keys(subjects), args=args))
         code = int(raw[0])
         if code == -1:

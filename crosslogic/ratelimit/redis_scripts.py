@@ -6,6 +6,10 @@ State of one subject (key or tenant), three keys sharing the tenant's hash tag:
   <ns>:{<tenant>}:<kind>:<id>:lease  sorted set  request id -> lease expiry (µs)
 KEYS hold these three per subject, key subject first, tenant last. Times are integers in µs (< 2^53,
 exact in Lua's doubles). Token counts travel as strings so Lua never formats a large number.
+
+Every key carries a TTL (log and tok: the window + 1 s, set at each admission; lease: the longest lease
++ 1 s), so an idle subject's state leaves Redis by itself. One subject holds at most `max_entries`
+requests in its window and as many leases (the same ceiling as the in-memory backend, see memory.py).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ end
 """
 
 # ARGV: window_us, request_id, reserved_tokens, lease_ttl_us, concurrency_retry_cap_us,
-#       then rpm, tpm, max_concurrency per subject (-1 = unlimited).
+#       then rpm, tpm, max_concurrency per subject (-1 = unlimited), then max_entries (last).
 # Returns {status, subject_index, limit_code, limit_value, retry_us, <count, tokens, oldest_age_us,
 #          active_leases> per subject}; status 1 admitted, 0 rejected, -1 duplicate request id;
 #          limit_code 1 rpm, 2 tpm, 3 concurrency; retry_us -1 = can never fit.
@@ -56,6 +60,7 @@ local need = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local n = #KEYS / 3
+local max_entries = tonumber(ARGV[#ARGV])
 
 -- Seconds until enough of the window expires for `need` more tokens; walks oldest entries first.
 local function tpm_retry(log, tok, to_free)
@@ -86,6 +91,9 @@ for i = 1, n do
   local rpm = tonumber(ARGV[3 + 3 * i])
   local tpm = tonumber(ARGV[4 + 3 * i])
   local maxc = tonumber(ARGV[5 + 3 * i])
+  -- The per-subject memory bound acts as an RPM (windowed subjects) and a concurrency ceiling.
+  if (rpm >= 0 or tpm >= 0) and (rpm < 0 or rpm > max_entries) then rpm = max_entries end
+  if maxc < 0 or maxc > max_entries then maxc = max_entries end
   trim(log, tok, now - window)
   redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
   if redis.call('ZSCORE', lease, rid) or redis.call('HEXISTS', tok, rid) == 1 then return {-1} end

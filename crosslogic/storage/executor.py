@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Union
+from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 # A connection acquired from a pool is a proxy, not an asyncpg.Connection subclass.
-Connection = Union[asyncpg.Connection, PoolConnectionProxy]
-Executor = Union[asyncpg.Connection, PoolConnectionProxy, asyncpg.Pool]
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+Executor: TypeAlias = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 
 @asynccontextmanager

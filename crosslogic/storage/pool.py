@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from crosslogic.errors import ConfigError
+from crosslogic.secret_url import redact_url
 from crosslogic.settings import Settings
 from crosslogic.storage.embedded import start_embedded
 from crosslogic.storage.migrations import apply_migrations
@@ -18,16 +20,18 @@ from crosslogic.storage.migrations import apply_migrations
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+# Set by `crosslogic local up` for every process of its stack: only there may a server process fall
+# back to an embedded PostgreSQL (a cluster's nodes would each start their own, silently split).
+LOCAL_STACK_ENV = "CROSSLOGIC_LOCAL_STACK"
+NO_DATABASE_URL = (
+    "DATABASE_URL is required outside the local stack (`crosslogic local up` sets "
+    f"{LOCAL_STACK_ENV}=1 and runs an embedded PostgreSQL): set DATABASE_URL=postgresql://..."
+)
 
 
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password, for messages and logs."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(dsn)
 
 
 def dsn_with_database(dsn: str, database: str) -> str:
@@ -74,7 +78,7 @@ async def create_pool(
 async def resolve_database_url(settings: Settings) -> str:
     """DATABASE_URL, or the embedded server under `$CROSSLOGIC_HOME/pgdata` (started if needed)."""
     if settings.database_url:
-        return settings.database_url
+        return settings.database_url.get_secret_value()
     server = await asyncio.to_thread(
         start_embedded, settings.pgdata_dir, port=settings.embedded_pg_port
     )
@@ -86,8 +90,11 @@ async def open_database(
 ) -> asyncpg.Pool:
     """Start-up path of every process that needs PostgreSQL: reach it, migrate it, pool it.
 
-    Raises `ConfigError` (one line) when the server is unreachable or a migration fails.
+    Raises `ConfigError` (one line) when the server is unreachable or a migration fails, or when
+    DATABASE_URL is unset outside the local stack.
     """
+    if not settings.database_url and os.environ.get(LOCAL_STACK_ENV) != "1":
+        raise ConfigError(NO_DATABASE_URL)
     dsn = await resolve_database_url(settings)
     conn = await connect_or_explain(dsn)
     try:

@@ -8,7 +8,7 @@ secret exists. Inserts, revocations and other changes notify `crosslogic_auth` (
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -36,7 +36,7 @@ from crosslogic.tenants.tenant_repository import TENANT_COLUMNS
 
 KEY_COLUMNS = (
     "id, tenant_id, name, prefix, scopes, expires_at, revoked_at, rpm, tpm, max_concurrency, "
-    "created_at, last_used_at"
+    "created_at, last_used_at, preferred_region"
 )
 # A lookup-prefix collision (48 random bits) is astronomically rare; retrying costs nothing.
 _PREFIX_ATTEMPTS = 5
@@ -52,7 +52,7 @@ def _key_not_found(key_id: UUID) -> NotFoundError:
 
 async def create_api_key(db: Executor, tenant_id: UUID, spec: ApiKeyCreate) -> CreatedApiKey:
     """Create a key; the returned `secret` is the only copy that will ever exist."""
-    if spec.expires_at is not None and spec.expires_at <= datetime.now(timezone.utc):
+    if spec.expires_at is not None and spec.expires_at <= datetime.now(UTC):
         raise InvalidRequestError("expires_at must be in the future", param="expires_at")
     async with connection(db) as conn:
         with translate_db_errors(not_found=f"tenant {tenant_id} not found", param="tenant_id"):
@@ -74,8 +74,9 @@ async def _insert_key(
     row = await conn.fetchrow(
         f"""
         INSERT INTO api_keys
-            (tenant_id, name, prefix, secret_digest, scopes, expires_at, rpm, tpm, max_concurrency)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            (tenant_id, name, prefix, secret_digest, scopes, expires_at, rpm, tpm, max_concurrency,
+             preferred_region)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         RETURNING {KEY_COLUMNS}
         """,
         tenant_id,
@@ -87,6 +88,7 @@ async def _insert_key(
         spec.rpm,
         spec.tpm,
         spec.max_concurrency,
+        spec.preferred_region,
     )
     assert row is not None
     return row
@@ -158,11 +160,12 @@ async def revoke_api_key(
     return key_from_row(row)
 
 
-_LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency")
+_LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency", "preferred_region")
 
 
 async def update_api_key_limits(db: Executor, key_id: UUID, changes: ApiKeyLimitsUpdate) -> ApiKeyRecord:
-    """Set or clear the key's own limits; every ingress sees them within a second (NOTIFY trigger)."""
+    """Set or clear the key's own limits and region preference; every ingress sees them within a
+    second (NOTIFY trigger)."""
     fields = [name for name in _LIMIT_FIELDS if name in changes.model_fields_set]
     if not fields:
         return await get_api_key(db, key_id)

@@ -13,6 +13,8 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from crosslogic.regions.signing import REGION_NAME_PATTERN
+
 TenantStatus = Literal["active", "suspended"]
 
 # NULL / None means "no limit at this level".
@@ -20,6 +22,10 @@ LimitValue = Annotated[int, Field(ge=1, le=2_000_000_000)]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 StripeCustomerId = Annotated[str, Field(pattern=r"^cus_[A-Za-z0-9]{1,250}$")]
 ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\s\x00-\x1f]+$")]
+# Requests go to this region first (crosslogic/regions/preference.py); the registry need not know it yet.
+RegionName = Annotated[str, Field(pattern=REGION_NAME_PATTERN)]
+# A tenant's share of a saturated model's engine slots relative to others (crosslogic/fairness).
+FairWeight = Annotated[float, Field(gt=0, le=1000)]
 
 
 class Limits(BaseModel):
@@ -43,11 +49,15 @@ class _LimitsRequest(_Request):
 class TenantCreate(_LimitsRequest):
     name: Name
     stripe_customer_id: StripeCustomerId | None = None
+    preferred_region: RegionName | None = None
+    weight: FairWeight | None = None
 
 
 class ApiKeyLimitsUpdate(_LimitsRequest):
     """Only the limits present are changed; an explicit null clears one (the key is then bound by
-    its tenant's limits alone)."""
+    its tenant's limits alone). `preferred_region` likewise (null: the tenant's preference applies)."""
+
+    preferred_region: RegionName | None = None
 
 
 class TenantUpdate(_LimitsRequest):
@@ -55,6 +65,9 @@ class TenantUpdate(_LimitsRequest):
 
     status: TenantStatus | None = None
     stripe_customer_id: StripeCustomerId | None = None
+    preferred_region: RegionName | None = None
+    # null: the app's fairness.default_weight
+    weight: FairWeight | None = None
 
     @field_validator("status")
     @classmethod
@@ -74,6 +87,8 @@ class Tenant(BaseModel):
     max_concurrency: int | None
     created_at: datetime
     updated_at: datetime
+    preferred_region: str | None = None
+    weight: float | None = None
 
     @property
     def limits(self) -> Limits:
@@ -85,6 +100,7 @@ class ApiKeyCreate(_LimitsRequest):
     # Model names this key may use; empty means every model.
     scopes: list[ModelName] = Field(default_factory=list, max_length=256)
     expires_at: AwareDatetime | None = None
+    preferred_region: RegionName | None = None
 
     @field_validator("scopes")
     @classmethod
@@ -105,6 +121,7 @@ class ApiKeyRecord(BaseModel):
     max_concurrency: int | None
     created_at: datetime
     last_used_at: datetime | None
+    preferred_region: str | None = None
 
     @property
     def limits(self) -> Limits:

@@ -6,11 +6,13 @@ key caches in every ingress replica see a suspension or a new limit within a sec
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 import asyncpg
 
-from crosslogic.errors import NotFoundError
+from crosslogic.errors import ConflictError, NotFoundError
 from crosslogic.storage.db_errors import translate_db_errors
 from crosslogic.storage.executor import Executor
 from crosslogic.storage.pagination import (
@@ -23,10 +25,28 @@ from crosslogic.storage.pagination import (
 from crosslogic.tenants.models import Tenant, TenantCreate, TenantStatus, TenantUpdate
 
 TENANT_COLUMNS = (
-    "id, name, status, stripe_customer_id, rpm, tpm, max_concurrency, created_at, updated_at"
+    "id, name, status, stripe_customer_id, rpm, tpm, max_concurrency, created_at, updated_at, preferred_region, weight"
 )
 # Columns an update may touch; names come from this tuple only, never from input.
-_UPDATABLE = ("status", "stripe_customer_id", "rpm", "tpm", "max_concurrency")
+_UPDATABLE = ("status", "stripe_customer_id", "rpm", "tpm", "max_concurrency", "preferred_region", "weight")
+
+
+# Migration 0013: one Stripe customer bills one tenant (webhooks find the tenant by its customer).
+_CUSTOMER_INDEX = "tenants_stripe_customer_id_key"
+
+
+@contextmanager
+def _customer_taken(customer: str | None) -> Iterator[None]:
+    """A second tenant on a customer is a 409 naming the parameter (inside `translate_db_errors`)."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != _CUSTOMER_INDEX:
+            raise
+        raise ConflictError(
+            f"stripe_customer_id {customer!r} is already used by another tenant",
+            param="stripe_customer_id",
+        ) from exc
 
 
 def tenant_from_row(row: asyncpg.Record) -> Tenant:
@@ -38,11 +58,14 @@ def _not_found(tenant_id: UUID) -> NotFoundError:
 
 
 async def create_tenant(db: Executor, spec: TenantCreate) -> Tenant:
-    with translate_db_errors(conflict=f"a tenant named {spec.name!r} already exists", param="name"):
+    with (
+        translate_db_errors(conflict=f"a tenant named {spec.name!r} already exists", param="name"),
+        _customer_taken(spec.stripe_customer_id),
+    ):
         row = await db.fetchrow(
             f"""
-            INSERT INTO tenants (name, stripe_customer_id, rpm, tpm, max_concurrency)
-            VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO tenants (name, stripe_customer_id, rpm, tpm, max_concurrency, preferred_region, weight)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
             RETURNING {TENANT_COLUMNS}
             """,
             spec.name,
@@ -50,6 +73,8 @@ async def create_tenant(db: Executor, spec: TenantCreate) -> Tenant:
             spec.rpm,
             spec.tpm,
             spec.max_concurrency,
+            spec.preferred_region,
+            spec.weight,
         )
     assert row is not None
     return tenant_from_row(row)
@@ -109,7 +134,7 @@ async def update_tenant(db: Executor, tenant_id: UUID, changes: TenantUpdate) ->
         return await get_tenant(db, tenant_id)
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
     values = [getattr(changes, name) for name in fields]
-    with translate_db_errors():
+    with translate_db_errors(), _customer_taken(changes.stripe_customer_id):
         row = await db.fetchrow(
             f"""
             UPDATE tenants SET {assignments}, updated_at = now()

@@ -25,8 +25,12 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from crosslogic.localstack.ray_cluster import LocalRayCluster, free_port, wait_ready  # noqa: E402
-from tests.serve.stripe_thread import StripeServerThread  # noqa: E402
+from crosslogic.localstack.ray_cluster import LocalRayCluster, free_port, wait_ready
+from tests.alert_receivers import ROUTING_KEY
+from tests.otlp_receiver import OtlpReceiver
+from tests.serve.alert_thread import AlertReceiversThread
+from tests.serve.stripe_thread import StripeServerThread
+from tests.tls_ca import TlsFiles, make_ca
 
 REPO = Path(__file__).resolve().parents[2]
 STRIPE_KEY = "sk_test_crosslogic_serve_tests"
@@ -45,6 +49,13 @@ class ServeStack:
     webhook_secret: str
     api_key: str = ""
     tenant_id: str = ""
+    # The CA the control plane trusts for regional gateways, and the client certificate it presents
+    # to them (mTLS): a test region's gateway gets its server certificate from the same CA.
+    tls: TlsFiles | None = None
+    # Where the stack's alerts go (its `alerts:` config): a webhook receiver and strict PagerDuty.
+    alerts: AlertReceiversThread | None = None
+    # The strict OTLP/HTTP receiver the stack's traces go to (`tracing:` below).
+    otlp: OtlpReceiver | None = None
 
     def admin_headers(self) -> dict[str, str]:
         from crosslogic.admin.local_secret import mint_admin_token
@@ -118,6 +129,11 @@ def _test_config(http_port: int) -> dict[str, Any]:
         "overlap_admission": True,
         "namespace": f"crosslogic:test:{os.getpid()}:{time.time_ns()}",
     }
+    # Every test client connects from 127.0.0.1: failed-auth budgets per address would let one test's
+    # bad keys throttle the next test's. The suite plays a front proxy instead: a test that wants an
+    # address of its own sends it in X-Forwarded-For (tests/serve/test_auth_throttle.py); requests
+    # without one stay under the loopback address (crosslogic/auth/client_address.py).
+    app["args"]["auth_throttle"] = {"client_address": {"forwarded_for_hops": 1}}
     for model in app["args"]["models"]:
         if model["served_name"] == CHAT_MODEL:
             model["num_replicas"] = 2
@@ -133,18 +149,24 @@ def serve_stack(database_url: str) -> Iterator[ServeStack]:
     webhook_secret = "whsec_" + secrets.token_hex(16)
     stripe = StripeServerThread(STRIPE_KEY, set(METERS))
     stripe_url = stripe.start()
+    alerts = AlertReceiversThread()
+    alerts.start()
+    otlp = OtlpReceiver()
+    otlp.start()
     # The Ray cluster (and so every replica and the billing actor) inherits these from the
     # environment of `ray start`: the production configuration, with Stripe's cloud replaced by the
     # strict local server.
     env = {
         "DATABASE_URL": database_url,
         "CROSSLOGIC_ADMIN_JWT_SECRET": admin_secret,
+        "CROSSLOGIC_REGION_MASTER_SECRET": secrets.token_hex(32),
         "BILLING_ENABLED": "true",
         "STRIPE_API_KEY": STRIPE_KEY,
         "STRIPE_WEBHOOK_SECRET": webhook_secret,
         "STRIPE_METER_INPUT_TOKENS": METERS[0],
         "STRIPE_METER_OUTPUT_TOKENS": METERS[1],
         "STRIPE_API_BASE": stripe_url,
+        "CROSSLOGIC_PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -153,6 +175,23 @@ def serve_stack(database_url: str) -> Iterator[ServeStack]:
         gcs_port=free_port(), dashboard_port=free_port(), num_cpus=8, temp_dir=str(tmp / "ray")
     )
     config = _test_config(http_port)
+    tls = make_ca(tmp / "tls")
+    config["applications"][0]["args"]["regions"] = {
+        # Regional gateways are dialled trusting the test CA, presenting its client certificate.
+        "tls": {"ca_bundle": tls.ca_cert, "client_cert": tls.client_cert, "client_key": tls.client_key},
+    }
+    # Requests whose client sent a sampled traceparent are traced, to this session's receiver; ratio 0
+    # leaves every other request untraced (tests/serve/test_tracing_end_to_end.py).
+    config["applications"][0]["args"]["tracing"] = {
+        "enabled": True, "endpoint": otlp.url, "sample_ratio": 0.0, "batch_delay_s": 0.5,
+    }
+    # Every alert of the session reaches the test's receivers; readiness is watched every 2 s and a
+    # condition pages once it held 2 s (tests/serve/test_alerts_end_to_end.py breaks a dependency).
+    config["applications"][0]["args"]["alerts"] = {
+        "webhook": {"url": alerts.webhook_url},
+        "pagerduty": {"events_url": alerts.pagerduty_url},
+        "readiness": {"interval_s": 2.0, "alert_after_s": 2.0, "startup_grace_s": 0.0},
+    }
     config_path = tmp / "serve_config.test.yaml"
     config_path.write_text(yaml.safe_dump(config))
     cluster.start()
@@ -167,13 +206,16 @@ def serve_stack(database_url: str) -> Iterator[ServeStack]:
         print(f"stack ready in {time.monotonic() - started:.0f}s")
         stack = ServeStack(
             base_url=base_url, cluster=cluster, config=config, admin_secret=admin_secret,
-            stripe=stripe, webhook_secret=webhook_secret,
+            stripe=stripe, webhook_secret=webhook_secret, tls=tls, alerts=alerts,
         )
+        stack.otlp = otlp
         stack.tenant_id, _, stack.api_key = stack.create_tenant_and_key("serve-tests")
         yield stack
     finally:
         cluster.stop()
         stripe.stop()
+        alerts.stop()
+        otlp.stop()
         _print_serve_warnings(tmp / "ray")
         if os.environ.get("CROSSLOGIC_KEEP_TEST_LOGS") != "1":
             shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,8 @@ from urllib.parse import urlparse
 import psutil
 
 from crosslogic.localstack.ray_cluster import cluster_processes
-from tests.serve.conftest import ServeStack, process_title as _title
+from tests.serve.conftest import ServeStack
+from tests.serve.conftest import process_title as _title
 
 
 def test_http_port_is_served_by_haproxy(serve_stack: ServeStack) -> None:

@@ -24,9 +24,10 @@ import pytest
 import yaml
 
 from crosslogic.devmodels.prepare import prepare_dev_model
-from crosslogic.localstack.ray_cluster import free_port
+from crosslogic.localstack.listeners import listeners, table
+from crosslogic.localstack.ray_cluster import cluster_processes, free_port
 from crosslogic.settings import Settings
-from tests.serve.conftest import CHAT_MODEL, REPO
+from tests.serve.conftest import CHAT_MODEL, REPO, process_title
 
 CLI = str(Path(sys.executable).parent / "crosslogic")
 # The serve_stack fixture exports these for its own cluster; a laptop has none of them.
@@ -52,7 +53,8 @@ def local_home() -> Iterator[tuple[Path, dict[str, str], Path]]:
         yield home, env, config_path
     finally:
         subprocess.run([CLI, "local", "down"], env=env, capture_output=True, timeout=300)
-        shutil.rmtree(home, ignore_errors=True)
+        if os.environ.get("CROSSLOGIC_KEEP_TEST_LOGS") != "1":  # Ray's logs are under the home
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def _limited_key_is_exact(base: str, home: Path) -> None:
@@ -70,6 +72,17 @@ def _limited_key_is_exact(base: str, home: Path) -> None:
     statuses = [httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
                 for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def _listens_on_loopback_only(up_output: str, cluster_id: str, pgdata: Path) -> None:
+    """`make run`'s promise: every socket of its processes, the embedded PostgreSQL (no Ray
+    process: found by its postmaster.pid) included, is on loopback; `local up` said so too."""
+    assert "all on loopback" in up_output, up_output[-2000:]
+    postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+    found = listeners([*cluster_processes(cluster_id), postmaster])
+    print("\n" + table(found))
+    assert any(item.pid == postmaster.pid for item in found)
+    assert [item for item in found if not item.loopback] == [], table(found)
 
 
 def test_local_up_then_down(local_home: tuple[Path, dict[str, str], Path]) -> None:
@@ -98,16 +111,22 @@ def test_local_up_then_down(local_home: tuple[Path, dict[str, str], Path]) -> No
     # Without Redis the limits live in the in-cluster actor, reached over its stream (not Ray calls).
     assert ready["dependencies"]["ratelimit"] == {"ok": True, "detail": "in-cluster actor, over its stream", "data": {}}
     _limited_key_is_exact(base, home)
+    _listens_on_loopback_only(up.stdout, state["cluster_id"], home / "pgdata")
 
+    # Every process of the running stack, Ray's retitled agents included (they may have lost the tag).
+    running = cluster_processes(state["cluster_id"])
+    assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {process_title(p) for p in running}
     down = subprocess.run([CLI, "local", "down"], env=env, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base}/health", timeout=3)
-    leftovers = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get("CROSSLOGIC_LOCAL_CLUSTER_ID") == state["cluster_id"]:
-                leftovers.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
+    leftovers = [(p.pid, process_title(p)) for p in [*running, *cluster_processes(state["cluster_id"])] if _alive(p)]
     assert leftovers == [], "processes of the stopped stack are still running"
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Still running (a zombie waiting for its parent to reap it is not)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -81,12 +81,14 @@ async def test_cancelled_stream_is_metered_with_tokens_generated(serve_stack: Se
 
 async def test_engine_rejected_request_is_metered_as_failed(serve_stack: ServeStack, database_url: str) -> None:
     async with httpx.AsyncClient(timeout=60) as http:
+        # A prompt longer than the context: past the ingress (whose checks are about the output
+        # budget), refused by the engine once it has counted the prompt.
         resp = await http.post(
             f"{serve_stack.openai_base}/chat/completions",
-            json={"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 5000},
+            json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hello " * 3000}], "max_tokens": 5},
             headers=serve_stack.auth_headers,
         )
-    assert resp.status_code == 400
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
     row = await _usage_row(database_url, resp.headers["x-request-id"])
     assert row["status"] == "failed" and row["completion_tokens"] == 0
 
@@ -104,7 +106,7 @@ async def test_usage_report_through_admin_api(serve_stack: ServeStack) -> None:
         report = serve_stack.admin("GET", f"/usage?tenant_id={tenant_id}&group_by=model")
         assert report.status_code == 200, report.text
         rows = {row["group"]: row for row in report.json()["data"]}
-        if rows.get(CHAT_MODEL, {}).get("requests") == 2 and EMBED_MODEL in rows or time.monotonic() > deadline:
+        if (rows.get(CHAT_MODEL, {}).get("requests") == 2 and EMBED_MODEL in rows) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
     assert rows[CHAT_MODEL]["requests"] == 2

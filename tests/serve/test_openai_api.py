@@ -168,7 +168,10 @@ def _error(resp: httpx.Response) -> dict[str, object]:
         ({"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 0}, 400, "invalid_request", "max_tokens"),
         ({"model": "no-such-model", "messages": MESSAGES}, 404, "model_not_found", "model"),
         ({"model": EMBED_MODEL, "messages": MESSAGES}, 400, "model_not_supported", "model"),
-        ({"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 4000}, 400, "context_length_exceeded", None),
+        # Refused by the ingress (larger than the context itself), then by the engine (a prompt longer than it).
+        ({"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 4000}, 400, "context_length_exceeded", "max_tokens"),
+        ({"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hello " * 3000}], "max_tokens": 5}, 400,
+         "context_length_exceeded", None),
     ],
 )
 def test_chat_errors(serve_stack: ServeStack, payload: object, status: int, code: str, param: str | None) -> None:
@@ -211,7 +214,16 @@ def test_health_and_ready(serve_stack: ServeStack) -> None:
     assert httpx.get(f"{serve_stack.base_url}/health").json() == {"status": "ok"}
     ready = serve_stack.ready()
     assert ready["ready"] is True
-    assert set(ready["dependencies"]) == {"router", f"engine:{CHAT_MODEL}", f"engine:{EMBED_MODEL}", "billing", "ratelimit"}
+    assert set(ready["dependencies"]) == {
+        "router", f"engine:{CHAT_MODEL}", f"engine:{EMBED_MODEL}", "billing", "ratelimit", "regions",
+        "postgres", "redis",
+    }
+    # Real round trips, not remembered states; billing's loops each finished an iteration lately.
+    assert ready["dependencies"]["postgres"]["ok"] and ready["dependencies"]["postgres"]["detail"].startswith("SELECT 1 in")
+    assert ready["dependencies"]["redis"]["ok"] and ready["dependencies"]["redis"]["detail"].startswith("PING in")
+    billing = ready["dependencies"]["billing"]
+    assert billing["ok"] and set(billing["data"]["loops"]) == {"billing-export", "billing-webhooks"}, billing
+    assert ready["dependencies"]["regions"]["ok"] is True  # silent or drained regions never make it unready
     assert ready["dependencies"]["ratelimit"] == {"ok": True, "detail": "redis", "data": {}}
     assert len(serve_stack.engine_replicas()) == 2
     # The engine calls go over Serve's direct gRPC channel (ingress.engine_transport), as the

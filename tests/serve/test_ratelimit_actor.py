@@ -7,7 +7,9 @@ No Serve application and no engine: only the actor. Ray's GCS gets a random port
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import struct
 import uuid
 from collections.abc import Iterator
 
@@ -15,19 +17,21 @@ import pytest
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-import ray  # noqa: E402
+import ray
 
-from crosslogic.errors import ConflictError  # noqa: E402
-from crosslogic.ratelimit import (  # noqa: E402
-    RateLimitBackendError,
+from crosslogic.errors import ConflictError
+from crosslogic.ratelimit import (
     AdmissionRequest,
     FailoverRateLimiter,
     Limits,
-    build_rate_limiter,
+    RateLimitBackendError,
     RateLimitConfig,
     Subject,
+    build_rate_limiter,
 )
-from deployments.ratelimit_actor import (  # noqa: E402
+from crosslogic.ratelimit.wire import WireClient, WireDown
+from crosslogic.ratelimit.wire_protocol import new_secret
+from deployments.ratelimit_actor import (
     ActorRateLimiter,
     RayRateLimitMetrics,
     get_ratelimit_actor,
@@ -70,7 +74,11 @@ async def _until_stream_lost(limiter: ActorRateLimiter, timeout_s: float = 5.0) 
 
 
 async def test_replicas_share_one_exact_limit(local_ray: None) -> None:
-    replicas = [ActorRateLimiter(CONFIG), ActorRateLimiter(CONFIG)]
+    # Through Ray actor calls (no stream), once the actor answers, as an ingress replica starts: on
+    # a loaded machine its creation alone outlasts the calls' 2 s deadline (CI, load average 12).
+    replicas = [ActorRateLimiter(CONFIG, stream=False), ActorRateLimiter(CONFIG, stream=False)]
+    for replica in replicas:
+        await replica.wait_ready()
     tenant = _tenant(rpm=37, tpm=100_000, max_concurrency=150)
     results = await asyncio.gather(
         *(replicas[i % 2].admit(_request(tenant)) for i in range(120)))
@@ -165,4 +173,33 @@ async def test_calls_go_over_the_stream_and_survive_an_actor_restart(local_ray: 
     # The restarted actor starts empty (documented: briefly lenient after a restart), and is served
     # over the new stream.
     assert (await limiter.state(tenant)).requests_in_window <= len(outcomes) < 100
+    await limiter.close()
+
+
+async def test_the_actors_stream_refuses_callers_without_its_secret(local_ray: None) -> None:
+    """The stream listens on the node's address: a caller that cannot prove the secret (which only
+    travels over Ray, from `stream_address`) gets no answer to any call, and is disconnected."""
+    limiter = ActorRateLimiter(CONFIG)
+    await limiter.wait_ready()
+    assert limiter.transport == "stream"
+    tenant = _tenant(rpm=10)
+    assert (await limiter.admit(_request(tenant))).admitted
+    endpoint = await get_ratelimit_actor(CONFIG).stream_address.remote()
+
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    (length,) = struct.unpack("!I", await reader.readexactly(4))
+    assert set(json.loads(await reader.readexactly(length))) == {"hello", "nonce", "idle_s"}
+    call = json.dumps({"id": 1, "op": "state", "args": [tenant.model_dump(mode="json")]}).encode()
+    writer.write(struct.pack("!I", len(call)) + call)
+    assert await asyncio.wait_for(reader.read(), timeout=5.0) == b""  # closed, the tenant's state unsaid
+    writer.close()
+    with pytest.raises(WireDown):
+        await WireClient.connect(endpoint.host, endpoint.port, secret=new_secret(), timeout_s=2.0)
+
+    proven = await WireClient.connect(endpoint.host, endpoint.port, secret=endpoint.secret, timeout_s=2.0)
+    try:
+        assert (await proven.call("state", tenant)).requests_in_window == 1
+    finally:
+        await proven.close()
+    assert limiter.transport == "stream" and (await limiter.state(tenant)).requests_in_window == 1
     await limiter.close()

@@ -66,7 +66,9 @@ async def proxied_pool(database_url: str) -> AsyncIterator[tuple[asyncpg.Pool, B
     parts = urlsplit(database_url)
     proxy = BlackHoleProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.start()
-    user = f"{parts.username}@" if parts.username else ""
+    # user[:password] as given (the embedded server requires its password).
+    credentials = parts.netloc.rpartition("@")[0]
+    user = f"{credentials}@" if credentials else ""
     via_proxy = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
     pool = await asyncpg.create_pool(via_proxy, min_size=1, max_size=3)
     yield pool, proxy

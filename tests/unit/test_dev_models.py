@@ -143,7 +143,7 @@ def test_verification_catches_missing_or_wrong_files(converted, tmp_path: Path) 
 
     copy = _copy_small_files(prepared.path, tmp_path / "no-tokenizer")
     (copy / "tokenizer.json").unlink()
-    with pytest.raises(CheckpointInvalidError, match="tokenizer.json is missing"):
+    with pytest.raises(CheckpointInvalidError, match=r"tokenizer\.json is missing"):
         verify_checkpoint(copy, SMOLLM)
 
     copy = _copy_small_files(prepared.path, tmp_path / "no-template")

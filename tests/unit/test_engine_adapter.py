@@ -104,7 +104,7 @@ async def _collect_batches(source: AsyncIterator[str]) -> tuple[list[list[str]],
     try:
         async for batch in _coalesce(source):
             batches.append(batch)
-    except BaseException as exc:  # noqa: BLE001 - the test inspects what ended the stream
+    except BaseException as exc:
         return batches, exc
     return batches, None
 

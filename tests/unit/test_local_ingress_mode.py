@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from crosslogic.errors import ConfigError
@@ -21,8 +23,8 @@ def test_unknown_ingress_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         ingress_mode()
 
 
-def test_haproxy_env_turns_on_direct_ingress_with_ports_of_its_own() -> None:
-    env = haproxy_env(request_timeout_s=600)
+def test_haproxy_env_turns_on_direct_ingress_with_ports_of_its_own(tmp_path: Path) -> None:
+    env = haproxy_env(request_timeout_s=600, home=tmp_path)
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
     # Streams may run as long as the request timeout: a reload must not cut them sooner.
     assert env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "600"
@@ -64,3 +66,32 @@ def test_a_renamed_process_is_still_found_by_its_tag() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_child_that_lost_its_tag_is_found_through_its_parent() -> None:
+    """Ray's agents may lose the tag entirely (their environment comes in hash order, its start
+    zeroed by the new title): they are the raylet's children, and found as such."""
+    import subprocess
+    import sys
+    import uuid
+
+    from crosslogic.localstack.ray_cluster import _CLUSTER_TAG, cluster_processes
+
+    cluster_id = uuid.uuid4().hex
+    # The parent carries the tag; the child it starts gets an environment without it.
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], env={})\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], env={_CLUSTER_TAG: cluster_id, "PATH": "/usr/bin:/bin"},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert {p.pid for p in cluster_processes(cluster_id)} == {parent.pid, child_pid}
+    finally:
+        for proc in cluster_processes(cluster_id):
+            proc.kill()
+        parent.wait()

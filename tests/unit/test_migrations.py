@@ -11,8 +11,8 @@ import pytest
 
 from crosslogic.storage.migrations import (
     MigrationError,
-    apply_migrations,
     applied_versions,
+    apply_migrations,
     default_migrations_dir,
     discover_migrations,
 )
@@ -82,7 +82,7 @@ async def test_failing_migration_rolls_back_and_names_the_file(empty_database_ur
     (folder / "0002_broken.sql").write_text("CREATE TABLE b (id int); SELECT * FROM missing_table;")
     conn = await asyncpg.connect(empty_database_url)
     try:
-        with pytest.raises(MigrationError, match="0002_broken.sql failed"):
+        with pytest.raises(MigrationError, match=r"0002_broken\.sql failed"):
             await apply_migrations(conn, folder)
         assert await applied_versions(conn) == [1]
         assert await conn.fetchval("SELECT to_regclass('b')") is None
@@ -92,7 +92,7 @@ async def test_failing_migration_rolls_back_and_names_the_file(empty_database_ur
 
 def test_badly_named_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "1_core.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         discover_migrations(tmp_path)
 
 

@@ -117,5 +117,110 @@ async def test_migrate_command(empty_database_url: str) -> None:
 
 async def test_migrate_command_unreachable_database() -> None:
     env = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{dead_port()}/x"}
-    code, out, err = await run_cli("migrate", env=env)
+    code, _, err = await run_cli("migrate", env=env)
     assert code == 1 and err.count("\n") == 1 and "unreachable" in err and "Traceback" not in err
+
+
+async def refused(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+        return True
+    await conn.close()
+    return False
+
+
+def without_password(dsn: str, password: str) -> str:
+    return dsn.replace(f":{password}@", "@")
+
+
+async def test_embedded_server_requires_its_generated_password(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    pgdata = home / "pgdata"
+    try:
+        server = await asyncio.to_thread(start_embedded, pgdata, durable=False)
+        secret_file = home / "pg-password"
+        assert secret_file.read_text().strip() == server.password and len(server.password) >= 40
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert server.password not in repr(server)
+        conn = await asyncpg.connect(server.dsn())
+        assert await conn.fetchval("SHOW listen_addresses") == "127.0.0.1"
+        assert await conn.fetchval("SHOW password_encryption") == "scram-sha-256"
+        await conn.close()
+        assert await refused(without_password(server.dsn(), server.password))
+        assert await refused(server.dsn().replace(server.password, "x" + server.password[1:]))
+        # Another local user's role, created without a password, cannot log in either.
+        conn = await asyncpg.connect(server.dsn())
+        await conn.execute("CREATE ROLE someone LOGIN")
+        await conn.close()
+        assert await refused(f"postgresql://someone@127.0.0.1:{server.port}/postgres")
+    finally:
+        await asyncio.to_thread(stop_embedded, pgdata)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_a_trusting_data_directory_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A data directory (and its running server) from a version that trusted every local user."""
+    from crosslogic.storage import embedded
+
+    home = tmp_path / "home"
+    pgdata = (home / "pgdata").resolve()
+    home.mkdir()
+    port = dead_port()
+    run_as = embedded._prepare_system_user(pgdata)
+    old_dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        # What the previous version did: initdb --auth=trust, start on 127.0.0.1.
+        embedded._package().initdb(
+            ["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres"],
+            pgdata=pgdata, timeout=60, **embedded._run_as_kwargs(run_as),
+        )
+        embedded._pg_ctl(["-w", "-o", f"-h 127.0.0.1 -p {port} -k '' -c fsync=off", "start"], pgdata, run_as)
+        conn = await asyncpg.connect(old_dsn)
+        await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+        await conn.close()
+
+        server = await asyncio.to_thread(start_embedded, pgdata)
+        assert server.port == port  # the running server was upgraded, not replaced
+        assert await refused(old_dsn)
+        assert (home / "pg-password").stat().st_mode & 0o777 == 0o600
+        conn = await asyncpg.connect(server.dsn())
+        assert await conn.fetchval("SELECT x FROM kept") == 7
+        await conn.close()
+
+        # And it stays so across a restart, with the same password.
+        await asyncio.to_thread(stop_embedded, pgdata)
+        again = await asyncio.to_thread(start_embedded, pgdata, durable=False)
+        assert again.password == server.password
+        assert await refused(without_password(again.dsn(), again.password))
+        conn = await asyncpg.connect(again.dsn())
+        assert await conn.fetchval("SELECT x FROM kept") == 7
+        await conn.close()
+    finally:
+        await asyncio.to_thread(stop_embedded, pgdata)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_a_missing_password_file_is_one_clear_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    pgdata = home / "pgdata"
+    try:
+        await asyncio.to_thread(start_embedded, pgdata, durable=False)
+        await asyncio.to_thread(stop_embedded, pgdata)
+        (home / "pg-password").unlink()
+        with pytest.raises(ConfigError, match="pg-password, which is missing"):
+            await asyncio.to_thread(start_embedded, pgdata, durable=False)
+    finally:
+        await asyncio.to_thread(stop_embedded, pgdata)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_a_server_without_database_url_refuses_to_start_outside_the_local_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CROSSLOGIC_LOCAL_STACK", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        await open_database(Settings(home=tmp_path, database_url=None))
+    message = str(caught.value)
+    assert message.startswith("DATABASE_URL is required outside the local stack") and "\n" not in message
+    assert not (tmp_path / "pgdata").exists()  # no embedded server was started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -137,7 +137,7 @@ async def test_api_key_errors(db_pool: asyncpg.Pool) -> None:
     with pytest.raises(NotFoundError, match="tenant"):
         await create_api_key(db_pool, uuid.uuid4(), ApiKeyCreate(name="orphan"))
     tenant = await create_tenant(db_pool, TenantCreate(name=unique("keyerr")))
-    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    past = datetime.now(UTC) - timedelta(seconds=1)
     with pytest.raises(InvalidRequestError, match="expires_at"):
         await create_api_key(db_pool, tenant.id, ApiKeyCreate(name="old", expires_at=past))
     with pytest.raises(NotFoundError):
@@ -167,7 +167,7 @@ async def test_failed_key_create_keeps_callers_transaction_usable(db_pool: async
 async def test_record_key_usage_batches_and_never_goes_back(db_pool: asyncpg.Pool) -> None:
     tenant = await create_tenant(db_pool, TenantCreate(name=unique("usage")))
     keys = [await create_api_key(db_pool, tenant.id, ApiKeyCreate(name=f"k{i}")) for i in range(3)]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert await record_key_usage(db_pool, {k.key.id: now for k in keys}) == 3
     assert await record_key_usage(db_pool, {keys[0].key.id: now - timedelta(hours=1)}) == 0
     assert (await get_api_key(db_pool, keys[0].key.id)).last_used_at == now

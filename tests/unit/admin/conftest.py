@@ -11,10 +11,12 @@ import pytest
 from admin_support import ADMIN_SECRET, CLIENT_ADDR, ClientFactory, admin_token
 from fastapi import FastAPI
 
+from billing.admin_routes import billing_admin_router
 from crosslogic.admin.deps import AdminDeps
 from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
 from crosslogic.admin.router import build_admin_router
 from crosslogic.api.errors import install_error_handlers
+from crosslogic.auth.throttle import AuthThrottleConfig, FailedAuthThrottle, FailureBudget
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +24,12 @@ async def admin_app(db_pool: asyncpg.Pool) -> AsyncIterator[FastAPI]:
     verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=ADMIN_SECRET))
     app = FastAPI(title="CrossLogic admin (test)")
     install_error_handlers(app)
-    app.include_router(build_admin_router(AdminDeps(pool=db_pool, verifier=verifier)))
+    # Every client here is CLIENT_ADDR: the suite's refused-token tests together must not meet the
+    # failed-auth budget (test_admin_denied_audit.py tests that budget on apps of its own).
+    throttle = FailedAuthThrottle(AuthThrottleConfig(per_address=FailureBudget(failures=10_000)))
+    deps = AdminDeps(pool=db_pool, verifier=verifier, throttle=throttle)
+    # As the ingress assembles it: billing's admin routes mounted beside the core's.
+    app.include_router(build_admin_router(deps, extra=[billing_admin_router(deps)]))
     yield app
     await verifier.aclose()
 

@@ -51,7 +51,7 @@ def serve_jwks() -> Iterator[JwksServer]:
     state = JwksServer()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path == "/.well-known/openid-configuration":
                 body: dict[str, Any] = {"issuer": state.issuer, "jwks_uri": state.jwks_url}
             elif self.path == "/jwks.json":
@@ -68,7 +68,7 @@ def serve_jwks() -> Iterator[JwksServer]:
             self.end_headers()
             self.wfile.write(raw)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -7,23 +7,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from admin_support import admin_token
+from admin_support import run_cli
 from fastapi import FastAPI
 
 from crosslogic.admin.jwt_auth import AdminAuthConfig, AdminJWTVerifier
 from crosslogic.admin.local_secret import load_or_create_local_secret
 from crosslogic.cli.admin_client import format_table
-from crosslogic.cli.main import build_parser, main
-
-
-async def run_cli(app: FastAPI, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    args = build_parser().parse_args([*argv, "--token", admin_token(subject="cli-test")])
-    args.transport = httpx.ASGITransport(app=app)
-    code = await args.handler(args)
-    out, err = capsys.readouterr()
-    return code, out, err
+from crosslogic.cli.main import main
 
 
 async def test_tenant_and_key_commands(admin_app: FastAPI, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,3 +106,19 @@ async def test_model_registry_commands(admin_app: FastAPI, capsys: pytest.Captur
     model = next(m for m in json.loads(out)["data"] if m["served_name"] == name)
     code, out, _ = await run_cli(admin_app, capsys, "admin", "models", "delete", model["id"])
     assert code == 0 and "model_template.deleted" in out
+
+
+async def test_admin_token_ttl_is_within_the_verifiers_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CROSSLOGIC_HOME", str(tmp_path))
+    monkeypatch.delenv("CROSSLOGIC_ADMIN_JWT_SECRET", raising=False)
+    monkeypatch.delenv("CROSSLOGIC_ADMIN_JWT_MAX_LIFETIME_S", raising=False)
+    assert main(["admin", "token", "--ttl", "7200"]) == 2
+    assert "--ttl must be between 1 and 3600" in capsys.readouterr().err
+    assert main(["admin", "token", "--ttl", "3600"]) == 0
+    token = capsys.readouterr().out.strip()
+    verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=load_or_create_local_secret(tmp_path)))
+    assert (await verifier.verify(token)).scopes == {"admin:write"}
+    monkeypatch.setenv("CROSSLOGIC_ADMIN_JWT_MAX_LIFETIME_S", "600")
+    assert main(["admin", "token", "--ttl", "900"]) == 2

@@ -288,3 +288,35 @@ def test_startup_refuses_missing_or_weak_secret_outside_the_local_stack(tmp_path
         local_stack=True,
     )
     assert oidc.hs256_secret is None and oidc.oidc_issuer == "https://idp.example.com"
+
+
+# --- maximum lifetime (exp - iat) ------------------------------------------------------------
+
+
+async def test_lifetime_above_the_bound_or_without_iat_or_exp_is_refused(
+    hs_verifier: AdminJWTVerifier,
+) -> None:
+    now = int(time.time())
+    at_bound = jwt.encode(claims(iat=now, exp=now + 3600), SECRET, "HS256")
+    assert (await hs_verifier.verify(at_bound)).subject == "alice@example.com"
+    too_long = jwt.encode(claims(iat=now, exp=now + 3601), SECRET, "HS256")
+    assert await rejected(hs_verifier, too_long) == "lifetime_too_long"
+    # A backdated iat cannot stretch it: exp is still far off.
+    year = jwt.encode(claims(iat=now - 60, exp=now + 365 * 86400), SECRET, "HS256")
+    assert await rejected(hs_verifier, year) == "lifetime_too_long"
+    for missing in ("iat", "exp"):
+        token = jwt.encode(claims(**{missing: None}), SECRET, "HS256")
+        assert await rejected(hs_verifier, token) == "invalid"
+
+
+async def test_lifetime_bound_is_configured() -> None:
+    now = int(time.time())
+    verifier = AdminJWTVerifier(AdminAuthConfig(hs256_secret=SECRET, max_lifetime_s=60))
+    assert await rejected(verifier, jwt.encode(claims(iat=now, exp=now + 61), SECRET, "HS256")) == (
+        "lifetime_too_long"
+    )
+    assert await verifier.verify(mint_admin_token(SECRET, ttl_s=60))
+    with pytest.raises(ValueError, match="lifetime bound"):
+        mint_admin_token(SECRET, ttl_s=61, max_lifetime_s=60)
+    with pytest.raises(ValueError, match="lifetime bound"):
+        mint_admin_token(SECRET, ttl_s=3601)  # the default bound (1 h)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -50,7 +51,8 @@ async def test_create_get_delete_with_audit(admin: httpx.AsyncClient, db_pool: a
 
     (row,) = await audit_rows(db_pool, action="model.create", target_id=model["id"])
     assert row["actor"] == "alice@example.com" and row["result"] == "success"
-    assert row["request_id"] == "req-model-1" and row["client_addr"] == CLIENT_ADDR
+    # The server's id, never the caller's x-request-id (issue 10: ids are server-owned).
+    assert re.fullmatch(r"req_[0-9a-f]{32}", row["request_id"]) and row["client_addr"] == CLIENT_ADDR
 
     deleted = await admin.delete(f"/admin/v1/models/{model['id']}")
     assert deleted.json() == {"id": model["id"], "object": "model_template.deleted", "deleted": True}
@@ -142,7 +144,8 @@ async def test_auth_failures_are_denied_and_audited(
     assert response.headers["www-authenticate"] == "Bearer"
 
     expired = jwt.encode(
-        {"sub": "mallory", "iss": LOCAL_ISSUER, "aud": LOCAL_AUDIENCE, "exp": 1_000, "scope": "admin:write"},
+        {"sub": "mallory", "iss": LOCAL_ISSUER, "aud": LOCAL_AUDIENCE, "iat": 0, "exp": 1_000,
+         "scope": "admin:write"},
         ADMIN_SECRET,
         "HS256",
     )
@@ -157,7 +160,8 @@ async def test_openapi_documents_every_admin_route(admin: httpx.AsyncClient) -> 
     spec = (await admin.get("/openapi.json")).json()
     operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
     admin_ops = [item for item in operations if item[0].startswith("/admin/v1/")]
-    assert len(admin_ops) == 20  # + key limits update; tenants, keys, models, audit, usage, billing dead letters + reconciliation
+    # + key limits update; tenants, keys, models, audit, usage, billing dead letters + reconciliation; regions (7)
+    assert len(admin_ops) == 27
     for path, method, op in admin_ops:
         assert op["summary"], (path, method)
         assert op["security"] == [{"HTTPBearer": []}]

@@ -194,3 +194,27 @@ async def test_key_limits_update_is_audited_and_validated(admin: httpx.AsyncClie
     assert_error(await admin.patch(f"/admin/v1/keys/{uuid.uuid4()}", json={"tpm": 1}), 404)
     rows = await audit_for(db_pool, key_id)
     assert [r["action"] for r in rows if r["result"] == "success"] == ["key.create", "key.update"]
+
+
+async def test_a_stripe_customer_bills_one_tenant_only(admin: httpx.AsyncClient, db_pool: asyncpg.Pool) -> None:
+    customer = f"cus_{uuid.uuid4().hex[:12]}"
+    first = await create_tenant(admin, stripe_customer_id=customer)
+
+    taken = await admin.post("/admin/v1/tenants", json={"name": unique("second"), "stripe_customer_id": customer})
+    error = assert_error(taken, 409, "stripe_customer_id")
+    assert customer in error["message"] and error["type"] == "invalid_request_error"
+
+    other = await create_tenant(admin)
+    patched = await admin.patch(f"/admin/v1/tenants/{other['id']}", json={"stripe_customer_id": customer})
+    assert_error(patched, 409, "stripe_customer_id")
+    assert await db_pool.fetchval(
+        "SELECT count(*) FROM tenants WHERE stripe_customer_id = $1", customer
+    ) == 1
+
+    # Setting a tenant's own id again is no conflict; once cleared, the customer is free again.
+    same = await admin.patch(f"/admin/v1/tenants/{first['id']}", json={"stripe_customer_id": customer})
+    assert same.status_code == 200, same.text
+    cleared = await admin.patch(f"/admin/v1/tenants/{first['id']}", json={"stripe_customer_id": None})
+    assert cleared.status_code == 200 and cleared.json()["stripe_customer_id"] is None
+    moved = await admin.patch(f"/admin/v1/tenants/{other['id']}", json={"stripe_customer_id": customer})
+    assert moved.status_code == 200 and moved.json()["stripe_customer_id"] == customer

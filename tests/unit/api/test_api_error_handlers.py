@@ -8,9 +8,10 @@ from typing import Literal
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
+from crosslogic.api.body import read_json
 from crosslogic.api.errors import install_error_handlers
 from crosslogic.errors import RateLimitError
 
@@ -98,3 +99,37 @@ async def test_unexpected_exception_is_500_without_details(
     assert error["code"] == "internal_error" and error["type"] == "server_error"
     assert "secret internal detail" not in response.text and "Traceback" not in response.text
     assert any(record.exc_info for record in caplog.records), "traceback is logged server-side"
+
+
+async def test_a_client_gone_mid_body_is_not_a_server_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A declared Content-Length the client never completes (it hangs up): Starlette raises
+    ClientDisconnect while the body is read; found by the raw fuzz suite as an ERROR 'unhandled error'."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, object]:
+        return await read_json(request, 1 << 20)
+
+    messages = iter([
+        {"type": "http.request", "body": b'{"model": "m", "mess', "more_body": True},
+        {"type": "http.disconnect"},
+    ])
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+    }
+    with caplog.at_level(logging.INFO):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

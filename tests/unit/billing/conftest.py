@@ -23,11 +23,15 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from billing_checks import (  # noqa: E402
-    API_KEY, INPUT_METER, OUTPUT_METER, WEBHOOK_SECRET, BreakPool, TenantFactory,
+    API_KEY,
+    INPUT_METER,
+    OUTPUT_METER,
+    WEBHOOK_SECRET,
+    BreakPool,
+    TenantFactory,
 )
 
 from tests.stripe_server import StripeTestServer  # noqa: E402
-
 
 
 @pytest.fixture

@@ -11,7 +11,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 from billing_checks import (
-    API_KEY, INPUT_METER, OUTPUT_METER, WEBHOOK_SECRET, TenantFactory, ledger_totals, usage,
+    API_KEY,
+    INPUT_METER,
+    OUTPUT_METER,
+    WEBHOOK_SECRET,
+    TenantFactory,
+    ledger_totals,
+    usage,
 )
 
 from billing.config import BillingConfig

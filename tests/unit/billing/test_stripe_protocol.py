@@ -8,8 +8,8 @@ import uuid
 import httpx
 import pytest
 import stripe
-from pydantic import SecretStr
 from billing_checks import API_KEY, INPUT_METER
+from pydantic import SecretStr
 
 from billing.config import BillingConfig
 from billing.stripe_sender import MeterEvent, Outcome, StripeMeterSender, classify

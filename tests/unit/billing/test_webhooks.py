@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from billing_checks import TenantFactory, WEBHOOK_SECRET
+from billing_checks import WEBHOOK_SECRET, TenantFactory
 from fastapi import FastAPI
 
 from billing.config import BillingConfig
@@ -103,6 +103,22 @@ async def test_out_of_order_and_operator_suspension_are_respected(
     await post(client, stripe_event("customer.subscription.updated", "cus_operator", status="active"))
     await processor.run_once()
     assert await status_of(admin_conn, other) == "suspended"  # billing did not suspend it
+
+
+async def test_a_webhook_suspends_exactly_the_tenant_of_its_customer(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, admin_conn: asyncpg.Connection,
+    billing_config: BillingConfig, make_tenant: TenantFactory,
+) -> None:
+    # Migration 0013: a customer bills one tenant, so the processor's lookup by customer is exact.
+    billed = await make_tenant("cus_one_tenant")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await make_tenant("cus_one_tenant")
+    bystanders = [await make_tenant(), await make_tenant(None), await make_tenant(None)]
+    await post(client, stripe_event("invoice.payment_failed", "cus_one_tenant"))
+    assert await WebhookProcessor(pool, billing_config).run_once() == 1
+    suspended = await admin_conn.fetch("SELECT id FROM tenants WHERE status = 'suspended'")
+    assert [r["id"] for r in suspended] == [billed]
+    assert [await status_of(admin_conn, t) for t in bystanders] == ["active"] * 3
 
 
 async def test_bad_signatures_are_refused_with_openai_errors(

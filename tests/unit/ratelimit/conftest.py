@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-
 from rl_support import LimiterFactory, SubjectsFactory
 
 from crosslogic.ratelimit import InMemoryRateLimiter, Limits, RateLimitConfig, RateLimiter, Subject

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from crosslogic.ratelimit import Admission, AdmissionRequest, RateLimiter, Subject
 

@@ -1,13 +1,13 @@
 """The stream to the in-cluster limiter: same answers as in-process, failures become backend errors.
 
 A real `WireServer` on loopback serving a real `InMemoryRateLimiter` (what the limiter actor runs),
-driven by `WireClient`; no Ray.
+driven by `WireClient`; no Ray. The handshake itself is tested in test_ratelimit_wire_auth.py; servers
+that misbehave after it run the real server half of the handshake first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from collections.abc import AsyncIterator
 
@@ -17,6 +17,17 @@ from crosslogic.errors import ConflictError
 from crosslogic.ratelimit import AdmissionRequest, InMemoryRateLimiter, Limits, RateLimitConfig
 from crosslogic.ratelimit.subjects import key_subject, tenant_subject
 from crosslogic.ratelimit.wire import MAX_FRAME_BYTES, WireClient, WireDown, WireServer
+from crosslogic.ratelimit.wire_protocol import (
+    CLIENT_LABEL,
+    SERVER_LABEL,
+    frame,
+    new_secret,
+    proof,
+    read_frame,
+    server_handshake,
+)
+
+SECRET = new_secret()
 
 
 def _request(request_id: str, *, rpm: int | None = 3, concurrency: int | None = None) -> AdmissionRequest:
@@ -29,15 +40,27 @@ def _request(request_id: str, *, rpm: int | None = 3, concurrency: int | None = 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[InMemoryRateLimiter, WireServer]]:
     limiter = InMemoryRateLimiter(RateLimitConfig(), backend_label="actor")
-    server = WireServer(limiter)
+    server = WireServer(limiter, secret=SECRET)
     await server.start("127.0.0.1")
     yield limiter, server
     await server.close()
 
 
 async def _client(server: WireServer, timeout_s: float = 2.0) -> WireClient:
-    assert server.address is not None
-    return await WireClient.connect(*server.address, timeout_s=timeout_s)
+    endpoint = server.endpoint
+    return await WireClient.connect(endpoint.host, endpoint.port, secret=endpoint.secret, timeout_s=timeout_s)
+
+
+async def _authenticated(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection past the handshake (the real client half), to send hand-made frames."""
+    reader, writer = await asyncio.open_connection(host, port)
+    hello = await read_frame(reader)
+    client_nonce = "c" * 64
+    writer.write(frame({"nonce": client_nonce,
+                       "proof": proof(SECRET, CLIENT_LABEL, hello["nonce"], client_nonce)}))
+    assert (await read_frame(reader))["proof"] == proof(SECRET, SERVER_LABEL, hello["nonce"], client_nonce)
+    return reader, writer
+
 
 
 async def test_calls_answer_as_the_limiter_does(served: tuple[InMemoryRateLimiter, WireServer]) -> None:
@@ -88,11 +111,13 @@ async def test_lost_server_fails_the_calls_in_flight_and_the_next() -> None:
     nothing is resent."""
     # A server that reads one call and hangs up without answering.
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server_handshake(reader, writer, SECRET, 300.0)
         await reader.readexactly(4)
         writer.close()
 
     dropping = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    client = await WireClient.connect("127.0.0.1", dropping.sockets[0].getsockname()[1], timeout_s=2.0)
+    client = await WireClient.connect("127.0.0.1", dropping.sockets[0].getsockname()[1], secret=SECRET,
+                                      timeout_s=2.0)
     try:
         with pytest.raises(WireDown):
             await client.call("admit", _request("lost"))
@@ -106,10 +131,12 @@ async def test_lost_server_fails_the_calls_in_flight_and_the_next() -> None:
 
 async def test_no_answer_in_time_is_a_backend_error() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server_handshake(reader, writer, SECRET, 300.0)
         await asyncio.sleep(5)
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    client = await WireClient.connect("127.0.0.1", server.sockets[0].getsockname()[1], timeout_s=0.2)
+    client = await WireClient.connect("127.0.0.1", server.sockets[0].getsockname()[1], secret=SECRET,
+                                      timeout_s=0.2)
     try:
         with pytest.raises(WireDown, match="no answer"):
             await client.call("admit", _request("slow"))
@@ -124,7 +151,7 @@ async def test_nobody_listening_is_a_backend_error() -> None:
     probe.close()
     await probe.wait_closed()
     with pytest.raises(WireDown, match="cannot connect"):
-        await WireClient.connect("127.0.0.1", port, timeout_s=1.0)
+        await WireClient.connect("127.0.0.1", port, secret=SECRET, timeout_s=1.0)
 
 
 async def test_malformed_or_oversized_frames_drop_only_their_connection(served: tuple[InMemoryRateLimiter, WireServer]) -> None:
@@ -133,23 +160,18 @@ async def test_malformed_or_oversized_frames_drop_only_their_connection(served: 
     good = await _client(server)
     try:
         for payload in (struct.pack("!I", MAX_FRAME_BYTES + 1), struct.pack("!I", 3) + b"[1]",
-                        struct.pack("!I", 5) + b"{bad}", _raw({"id": 1, "op": "drop_tables", "args": []})):
-            reader, writer = await asyncio.open_connection(*server.address)
+                        struct.pack("!I", 5) + b"{bad}", frame({"id": 1, "op": "drop_tables", "args": []})):
+            reader, writer = await _authenticated(*server.address)
             writer.write(payload)
             assert await asyncio.wait_for(reader.read(), timeout=2.0) == b""  # closed, no answer
             writer.close()
         # A well-formed call with bad arguments fails alone; the connection stays.
-        reader, writer = await asyncio.open_connection(*server.address)
-        writer.write(_raw({"id": 7, "op": "admit", "args": [{"request_id": "x"}]}))
-        (length,) = struct.unpack("!I", await reader.readexactly(4))
-        answer = json.loads(await reader.readexactly(length))
-        assert answer["id"] == 7 and "ValidationError" in answer["failed"]
+        reader, writer = await _authenticated(*server.address)
+        writer.write(frame({"id": 7, "op": "admit", "args": [{"request_id": "x"}]}))
+        answer = await read_frame(reader)
+        assert answer["id"] == 7 and "ValidationError" in str(answer["failed"])
         writer.close()
         assert (await good.call("admit", _request("still-served"))).admitted
     finally:
         await good.close()
 
-
-def _raw(message: dict[str, object]) -> bytes:
-    data = json.dumps(message).encode()
-    return struct.pack("!I", len(data)) + data

@@ -2,7 +2,9 @@
 
 Each row is also emitted as one JSON log line (logger `crosslogic.audit`) once it is durable, so log
 pipelines see exactly what the table holds. A change that fails with a client error rolls back, and the
-attempt is then recorded on its own with result 'error'; refused credentials are recorded as 'denied'.
+attempt is then recorded on its own with result 'error'; refused credentials are recorded as 'denied',
+aggregated per source and reason (`crosslogic.admin.denied_audit`): such a row may stand for
+`attempts` refusals seen between `first_at` and `last_at`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class AuditEntry(BaseModel):
     request_id: str | None
     client_addr: str | None
     result: str
+    attempts: int = 1
+    first_at: datetime | None = None
+    last_at: datetime | None = None
 
 
 class AuditFilter(BaseModel):
@@ -64,7 +69,7 @@ class AuditFilter(BaseModel):
 
 _COLUMNS = (
     "id, at, actor, action, target_type, target_id, before::text AS before, after::text AS after, "
-    "request_id, client_addr, result"
+    "request_id, client_addr, result, attempts, first_at, last_at"
 )
 
 
@@ -96,11 +101,14 @@ async def write_audit(
     before: Any = None,
     after: Any = None,
     result: AuditResult = "success",
+    attempts: int = 1,
+    first_at: datetime | None = None,
+    last_at: datetime | None = None,
 ) -> AuditEntry:
     row = await db.fetchrow(
         "INSERT INTO audit_log (actor, action, target_type, target_id, before, after, request_id, "
-        "client_addr, result) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::jsonb, $7, $8, $9) "
-        f"RETURNING {_COLUMNS}",
+        "client_addr, result, attempts, first_at, last_at) VALUES ($1, $2, $3, $4, $5::text::jsonb, "
+        f"$6::text::jsonb, $7, $8, $9, $10, $11, $12) RETURNING {_COLUMNS}",
         ctx.actor,
         action,
         target_type,
@@ -110,6 +118,9 @@ async def write_audit(
         ctx.request_id,
         ctx.client_addr,
         result,
+        attempts,
+        first_at,
+        last_at,
     )
     assert row is not None
     return _entry(row)
@@ -192,7 +203,16 @@ async def _audited(
 
 
 async def record_denied(
-    db: Executor, ctx: AuditContext, *, action: str, target_id: str | None, reason: str
+    db: Executor,
+    ctx: AuditContext,
+    *,
+    action: str,
+    target_id: str | None,
+    reason: str,
+    attempts: int = 1,
+    first_at: datetime | None = None,
+    last_at: datetime | None = None,
+    target_type: str = "admin_api",
 ) -> None:
     """Best effort: a refused caller gets its 401/403 even when the database is unavailable."""
     try:
@@ -200,10 +220,13 @@ async def record_denied(
             db,
             ctx,
             action=action,
-            target_type="admin_api",
+            target_type=target_type,
             target_id=target_id,
             after={"reason": reason},
             result="denied",
+            attempts=attempts,
+            first_at=first_at,
+            last_at=last_at,
         )
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         log.error("could not write audit row for denied %s: %r", action, exc)

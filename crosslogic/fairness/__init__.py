@@ -1,0 +1,1 @@
+"""Fairness under saturation: per-tenant weighted shares of a model's engine slots at the ingress."""

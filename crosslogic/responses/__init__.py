@@ -1,0 +1,1 @@
+"""The Responses API's state at the ingress: stored responses, ids and conversation history."""
