@@ -26,10 +26,10 @@ from starlette.responses import Response
 
 from crosslogic.api.relay import Outcome, Settle
 from crosslogic.auth.context import AuthContext
+from crosslogic.telemetry.response_watch import CLIENT_CLOSED
 
 REQUEST_LOGGER = "crosslogic.requests"
 _STATE_KEY = "request_log"
-CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the answer"
 
 logger = logging.getLogger(REQUEST_LOGGER)
 _errors = logging.getLogger(__name__)

@@ -8,19 +8,14 @@ last chunk went out; its settlement (tokens, first token) ran just before, in th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Collection
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from crosslogic.telemetry.request_metrics import (
-    CLIENT_CLOSED,
-    STATE_KEY,
-    RequestMetricsSink,
-    RequestObservation,
-)
+from crosslogic.telemetry.request_metrics import STATE_KEY, RequestMetricsSink, RequestObservation
+from crosslogic.telemetry.response_watch import WatchedResponse
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +36,12 @@ class RequestMetricsMiddleware:
             return
         observed = RequestObservation(scope["path"])
         scope.setdefault("state", {})[STATE_KEY] = observed
-        status = 0
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                for name, value in message.get("headers", ()):
-                    if name == b"content-type":
-                        observed.streamed = value.startswith(_EVENT_STREAM)
-                        break
-            await send(message)
-
+        response = WatchedResponse()
         try:
-            await self._app(scope, receive, send_observed)
-        except BaseException as exc:
-            if not status:
-                status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
-            raise
+            await response.run(self._app, scope, receive, send)
         finally:
+            observed.streamed = (response.header(b"content-type") or b"").startswith(_EVENT_STREAM)
             try:
-                self._sink.observe_request(observed.sample(status or CLIENT_CLOSED, time.monotonic()))
+                self._sink.observe_request(observed.sample(response.final_status, time.monotonic()))
             except Exception:  # metrics must never turn into a failed request
                 log.exception("could not record the metrics of a request")

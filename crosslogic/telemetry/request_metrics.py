@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crosslogic.routing.hints import RoutingHints
+from crosslogic.telemetry.response_watch import CLIENT_CLOSED
 
 if TYPE_CHECKING:
     from crosslogic.api.gateway import Gateway, Readiness
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 STATE_KEY = "crosslogic_observation"
 # Label values for what the request never got to: no valid key, no known model, no engine.
 UNKNOWN = "unknown"
-# nginx's convention: the client closed the connection before any response was sent.
-CLIENT_CLOSED = 499
 
 # The `outcome` label: how the request ended, beside the status code the client got. A stream sends
 # its 200 before the first token, so an engine failing after it is still a 200; only `stream_error`

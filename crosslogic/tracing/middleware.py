@@ -8,18 +8,16 @@ drops gets the null trace: no span is recorded and nothing is handed to the engi
 
 from __future__ import annotations
 
-import asyncio
-
 from opentelemetry.trace import SpanKind, Tracer
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crosslogic.telemetry.middleware import INFERENCE_ROUTES
+from crosslogic.telemetry.response_watch import WatchedResponse
 from crosslogic.tracing import attributes as attr
 from crosslogic.tracing.propagation import context_from_headers
 from crosslogic.tracing.request_trace import STATE_KEY, RecordingTrace
 
 _REQUEST_ID = b"x-request-id"
-CLIENT_CLOSED = 499  # as the request metrics count a client gone before any response
 
 
 class TracingMiddleware:
@@ -41,24 +39,9 @@ class TracingMiddleware:
             return
         trace = RecordingTrace(self._tracer, root)
         scope.setdefault("state", {})[STATE_KEY] = trace
-        status = 0
-        request_id: str | None = None
-
-        async def send_traced(message: Message) -> None:
-            nonlocal status, request_id
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                for name, value in message.get("headers", ()):
-                    if name == _REQUEST_ID:  # the server's id (crosslogic/api/request_ids.py)
-                        request_id = value.decode("latin-1")
-                        break
-            await send(message)
-
+        response = WatchedResponse()
         try:
-            await self._app(scope, receive, send_traced)
-        except BaseException as exc:
-            if not status:
-                status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
-            raise
+            await response.run(self._app, scope, receive, send)
         finally:
-            trace.close(status or CLIENT_CLOSED, request_id)
+            request_id = response.header(_REQUEST_ID)  # the server's id (crosslogic/api/request_ids.py)
+            trace.close(response.final_status, None if request_id is None else request_id.decode("latin-1"))
