@@ -10,7 +10,7 @@ EXTRAS ?= cpu,dev
 CLOUD_VENV := .venv-cloud
 SKYPILOT_VERSION := 0.14.1
 
-.PHONY: install cloud-env run lint test test-unit test-serve bench clean
+.PHONY: install cloud-env litellm-env run lint test test-unit test-serve bench clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,19 @@ $(CLOUD_VENV)/.installed: Makefile
 	@test -x $(CLOUD_VENV)/bin/python || $(PYTHON) -m venv $(CLOUD_VENV)
 	$(CLOUD_VENV)/bin/pip install -q 'skypilot==$(SKYPILOT_VERSION)' pyyaml
 	$(CLOUD_VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
+# LiteLLM's proxy, the peer `benchmarks/serving_overhead.py --targets ... litellm` measures beside
+# CrossLogic: in its own venv (its pins are not vLLM's), never a dependency of ours.
+# 1.106.0: its `proxy` extra resolves from PyPI here (1.109.0 and 1.110.2 pin litellm-proxy(-extras) releases it does not have).
+LITELLM_VENV := .venv-litellm
+LITELLM_VERSION := 1.106.0
+
+litellm-env: $(LITELLM_VENV)/.installed
+
+$(LITELLM_VENV)/.installed: Makefile
+	@test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
 	@touch $@
 
 run: install

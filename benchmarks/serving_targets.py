@@ -63,7 +63,7 @@ def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log_
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-20:]
-            raise RuntimeError("vLLM server exited during start-up:\n" + "\n".join(tail))
+            raise RuntimeError(f"{log_path.name}: the server exited during start-up:\n" + "\n".join(tail))
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=5).status_code == 200:
                 return

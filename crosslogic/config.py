@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from crosslogic.alerts.config import AlertsConfig
 from crosslogic.auth.config import KeyAuthConfig
@@ -97,8 +97,25 @@ class RouterConfig(BaseModel):
     # How often engines report queue state and ingress replicas pull the router's view.
     engine_report_interval_s: float = Field(default=0.5, gt=0)
     view_refresh_interval_s: float = Field(default=0.2, gt=0)
+    # The same while idle (crosslogic/idle_pacer.py): an idle engine re-sends unchanged figures only
+    # this often, an ingress with no request for 2 s pulls the view only this often (a request ends
+    # the wait). Both below stale_after_s, so an idle engine never looks unknown. Measured: README,
+    # "Why the defaults".
+    idle_engine_report_interval_s: float = Field(default=2.0, gt=0)
+    idle_view_refresh_interval_s: float = Field(default=1.0, gt=0)
     # An engine that has not reported for this long is treated as unknown (not as idle).
     stale_after_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _idle_within_staleness(self) -> RouterConfig:
+        if self.idle_engine_report_interval_s < self.engine_report_interval_s:
+            raise ValueError("idle_engine_report_interval_s must be at least engine_report_interval_s")
+        if self.idle_view_refresh_interval_s < self.view_refresh_interval_s:
+            raise ValueError("idle_view_refresh_interval_s must be at least view_refresh_interval_s")
+        if self.idle_engine_report_interval_s >= self.stale_after_s:
+            raise ValueError("idle_engine_report_interval_s must be below stale_after_s "
+                             "(an idle engine would look unknown between its reports)")
+        return self
 
     def for_model(self, model: ModelDeploymentConfig) -> RouterConfig:
         """This router section with the model's own policy settings applied."""

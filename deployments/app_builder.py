@@ -60,6 +60,7 @@ def _engine_app(
                 "policy": router.policy,
                 "refresh_interval_s": router.view_refresh_interval_s,
                 "stale_after_s": router.stale_after_s,
+                "idle_refresh_interval_s": router.idle_view_refresh_interval_s,
                 "affinity": router.affinity.model_dump(mode="json"),
             },
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -50,17 +51,26 @@ class EngineServer:
             supervise("engine_queue_report", self._report_loop, restarts=RayLoopRestarts()))
 
     async def _report_loop(self) -> None:
+        config = self._router_config
+        last: dict[str, Any] | None = None
+        last_sent_at = float("-inf")
         while True:
             try:
-                router = get_router(self._router_config.stale_after_s)
                 stats = self._engine.stats().model_dump()
-                self._gauges.set(stats)  # the same figures on Ray's metrics (crosslogic_engine_*)
-                # Fire and forget: a slow router must never slow the engine.
-                router.report_engine.remote(self._replica_id, self._config.served_name, stats)
+                now = time.monotonic()
+                # An idle engine whose figures did not change re-sends them only every
+                # idle_engine_report_interval_s: its silence stays well inside stale_after_s.
+                if stats != last or now - last_sent_at >= config.idle_engine_report_interval_s:
+                    self._gauges.set(stats)  # the same figures on Ray's metrics (crosslogic_engine_*)
+                    # Fire and forget: a slow router must never slow the engine.
+                    get_router(config.stale_after_s).report_engine.remote(
+                        self._replica_id, self._config.served_name, stats)
+                    last, last_sent_at = stats, now
             except Exception as exc:
                 logger.warning("queue report to the router failed: %r", exc)
                 router_call_failed(exc)
-            await asyncio.sleep(self._router_config.engine_report_interval_s)
+                last = None
+            await asyncio.sleep(config.engine_report_interval_s)
 
     async def generate(
         self, endpoint: Endpoint, body: dict[str, Any], request_id: str, hints: RoutingHints | None = None

@@ -46,6 +46,7 @@ class RouterFedGateway(RegionalGateway):
             client=RegionClient(config.regions, master_secret) if master_secret is not None else None,
         )
         self._interval_s = config.router.view_refresh_interval_s
+        self._idle_interval_s = config.router.idle_view_refresh_interval_s
         self._stale_after_s = config.router.stale_after_s
         self._sync: asyncio.Task[None] | None = None
         self._engines_wanted_at = float("-inf")  # when `engine_loads` was last asked (monotonic)
@@ -70,10 +71,11 @@ class RouterFedGateway(RegionalGateway):
     async def _sync_loop(self) -> None:
         failing = False
         while True:
+            wanted = True
             try:
                 router = get_router(self._stale_after_s)
                 regions = await call_with_timeout(router.regions.remote(), ROUTER_CALL_TIMEOUT_S)
-                wanted = regions or time.monotonic() - self._engines_wanted_at < ENGINES_WANTED_S
+                wanted = bool(regions) or time.monotonic() - self._engines_wanted_at < ENGINES_WANTED_S
                 engines = await call_with_timeout(router.engines.remote(), ROUTER_CALL_TIMEOUT_S) if wanted else None
                 self.update(regions, engines, time.monotonic())
                 if engines is not None:
@@ -88,7 +90,10 @@ class RouterFedGateway(RegionalGateway):
                     logger.warning("region view sync with the router actor failed: %r", exc)
                 failing = True
                 router_call_failed(exc)
-            await asyncio.sleep(self._interval_s)
+                wanted = True
+            # With no region registered and no batch runner asking, the round only looks for a new
+            # region: a region registering is seen within idle_view_refresh_interval_s.
+            await asyncio.sleep(self._interval_s if wanted else self._idle_interval_s)
 
     async def close(self) -> None:
         if self._sync is not None:

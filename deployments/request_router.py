@@ -3,8 +3,9 @@ the model's policy (crosslogic/routing/policies.py) over crosslogic/routing/loca
 
 It runs inside each ingress replica (in the deployment handle), so the decision is local: a
 background task syncs with the router actor every `refresh_interval_s` (pushing this replica's
-in-flight counts, pulling everyone else's and the engines' queue state), and `choose_replicas`
-only reads memory. No actor round trip on the request path.
+in-flight counts, pulling everyone else's and the engines' queue state; `idle_refresh_interval_s`
+while nothing moves, until the next request), and `choose_replicas` only reads memory. No actor
+round trip on the request path.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from crosslogic.idle_pacer import IdlePacer
 from crosslogic.routing.hints import RoutingHints
-from crosslogic.routing.load_table import RouterView
+from crosslogic.routing.load_table import ReplicaLoad, RouterView
 from crosslogic.routing.local_router import LocalRouter
 from crosslogic.routing.policies import make_policy
 from crosslogic.routing.policy_config import AffinityOptions
@@ -39,6 +42,11 @@ def _hints(pending: PendingRequest | None) -> RoutingHints | None:
     return None
 
 
+def _loaded(view: Mapping[str, ReplicaLoad]) -> bool:
+    """Some engine is working, or another ingress has requests in flight: their figures move."""
+    return any(r.running or r.waiting or r.remote_in_flight for r in view.values())
+
+
 class QueueDepthRouter(FIFOMixin, RequestRouter):
     # Serve calls it with the deployment's request_router_kwargs (app_builder.py) as these keywords;
     # the base class declares only **kwargs.
@@ -47,12 +55,15 @@ class QueueDepthRouter(FIFOMixin, RequestRouter):
         policy: str = "least_loaded_p2c",
         refresh_interval_s: float = 0.2,
         stale_after_s: float = 5.0,
+        idle_refresh_interval_s: float = 1.0,
         affinity: dict[str, Any] | None = None,
     ) -> None:
         options = AffinityOptions.model_validate(affinity or {})
         # One model's routing state in this ingress replica (policy, view, our in-flight counts).
         self._routing = LocalRouter(make_policy(policy, options, random.Random()), options)
-        self._refresh_interval_s = refresh_interval_s
+        # Every refresh_interval_s while requests come (or are in flight, or the view shows load
+        # anywhere), every idle_refresh_interval_s otherwise; a request ends an idle wait at once.
+        self._pacer = IdlePacer(refresh_interval_s, max(refresh_interval_s, idle_refresh_interval_s))
         self._stale_after_s = stale_after_s
         self._ingress_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._sync_task: asyncio.Task[None] | None = None
@@ -83,7 +94,7 @@ class QueueDepthRouter(FIFOMixin, RequestRouter):
                 logger.warning("router actor sync failed: %r", exc)
                 router_call_failed(exc)
                 routing.view = {}
-            await asyncio.sleep(self._refresh_interval_s)
+            await self._pacer.wait(busy=bool(routing.local) or _loaded(routing.view))
 
     async def choose_replicas(
         self,
@@ -91,6 +102,7 @@ class QueueDepthRouter(FIFOMixin, RequestRouter):
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
         self._ensure_sync()
+        self._pacer.wake()
         if not candidate_replicas:
             return []
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
