@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 from process_probe import TAG
-from serving_targets import REPO, log, wait_http_ok
+from serving_targets import REPO, server_process
 
-from crosslogic.localstack.ray_cluster import free_port, kill_tagged_processes
+from crosslogic.localstack.ray_cluster import free_port
 
 LITELLM_VENV = REPO / ".venv-litellm"
 LITELLM_KEY = "sk-litellm-bench"
@@ -53,22 +50,6 @@ def litellm_proxy(upstream_base: str, model: str, workdir: Path, tag: str) -> It
     env = {**os.environ, TAG: tag, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "DISABLE_SCHEMA_UPDATE": "True", "NO_DOCS": "True"}
     env.pop("DATABASE_URL", None)  # LiteLLM would try to run its Prisma migrations against ours
-    log_path = workdir / "litellm.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        log(f"LiteLLM: starting on port {port} in front of {upstream_base} (log {log_path})")
-        started = time.monotonic()
-        wait_http_ok(f"http://127.0.0.1:{port}/health/liveliness", 300, proc, log_path)
-        log(f"LiteLLM: ready in {time.monotonic() - started:.0f}s")
+    health = f"http://127.0.0.1:{port}/health/liveliness"
+    with server_process("LiteLLM", cmd, env, workdir / "litellm.log", health, 300, tag):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        kill_tagged_processes(tag)
-        log("LiteLLM: stopped")

@@ -87,16 +87,23 @@ def bare_vllm(model_path: str, workdir: Path, tag: str, stream_interval: int = 1
         "--max-num-seqs", "32", "--host", "127.0.0.1", "--port", str(port), "--stream-interval", str(stream_interval),
     ]
     env = {**os.environ, **ENGINE_ENV, TAG: tag}
-    log_path = workdir / "vllm-server.log"
+    with server_process("bare vLLM", cmd, env, workdir / "vllm-server.log", f"http://127.0.0.1:{port}/health", 900, tag):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def server_process(
+    label: str, cmd: list[str], env: dict[str, str], log_path: Path, health_url: str, timeout_s: float, tag: str,
+) -> Iterator[None]:
+    """A server in its own session (its children die with the group on stop), ready when `health_url` is."""
     with open(log_path, "wb") as out:
-        # Its own session: the engine-core child dies with the group on stop.
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        log(f"bare vLLM: starting on port {port} (log {log_path})")
+        log(f"{label}: starting, {health_url} (log {log_path})")
         started = time.monotonic()
-        wait_http_ok(f"http://127.0.0.1:{port}/health", 900, proc, log_path)
-        log(f"bare vLLM: ready in {time.monotonic() - started:.0f}s")
-        yield f"http://127.0.0.1:{port}/v1"
+        wait_http_ok(health_url, timeout_s, proc, log_path)
+        log(f"{label}: ready in {time.monotonic() - started:.0f}s")
+        yield
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -106,7 +113,7 @@ def bare_vllm(model_path: str, workdir: Path, tag: str, stream_interval: int = 1
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         kill_tagged_processes(tag)
-        log("bare vLLM: stopped")
+        log(f"{label}: stopped")
 
 
 # -- target (b): CrossLogic ------------------------------------------------------------------------
