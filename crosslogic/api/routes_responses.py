@@ -1,4 +1,5 @@
-"""POST /v1/responses, GET and DELETE /v1/responses/{response_id}: OpenAI's Responses API.
+"""POST /v1/responses, GET and DELETE /v1/responses/{response_id}, GET .../input_items: OpenAI's
+Responses API.
 
 Creating a response takes the chat path (key, limits, routing, engine, relay, metering: one usage
 row per response, keyed by its request id); crosslogic/responses/turn.py adds continuation and
@@ -7,7 +8,7 @@ storage. Stored responses belong to the tenant that made them: any other caller 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from crosslogic.api.context import ApiContext, Context, RequestId
@@ -16,6 +17,7 @@ from crosslogic.api.errors import error_responses
 from crosslogic.api.openapi_bodies import ERRORS, json_body
 from crosslogic.errors import InvalidRequestError
 from crosslogic.protocol.responses import ResponsesRequest
+from crosslogic.responses.input_items import Order, listing
 from crosslogic.responses.store import ResponseStore
 from crosslogic.responses.turn import ResponsesTurn
 
@@ -50,6 +52,22 @@ async def retrieve_response(response_id: str, request: Request, ctx: Context, st
         )
     stored = await _store(ctx).get(auth.tenant_id, response_id)
     return JSONResponse(stored.response)
+
+
+@router.get(
+    "/v1/responses/{response_id}/input_items", summary="List the input items of a model response",
+    responses=_LOOKUP_ERRORS,
+)
+async def list_input_items(
+    response_id: str, request: Request, ctx: Context, limit: int = 20, order: Order = "desc",
+    after: str | None = None, before: str | None = None, include: list[str] | None = Query(default=None),
+) -> JSONResponse:
+    auth = await ctx.authenticate(request, None)
+    if include:  # OpenAI's extra fields (e.g. file search results): none of them exist here
+        raise InvalidRequestError("'include' is not supported for input items", param="include",
+                                  code="unsupported_parameter")
+    stored = await _store(ctx).get(auth.tenant_id, response_id)
+    return JSONResponse(listing(stored, limit=limit, order=order, after=after, before=before))
 
 
 @router.delete("/v1/responses/{response_id}", summary="Delete a model response", responses=_LOOKUP_ERRORS)

@@ -106,6 +106,24 @@ def test_previous_response_continues_the_conversation(client: openai.OpenAI) -> 
     assert third.usage is not None and third.usage.input_tokens > second.usage.input_tokens + 8 - 2
 
 
+def test_input_items_list_the_request_input(client: openai.OpenAI, stranger: openai.OpenAI) -> None:
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    made = client.responses.create(model=CHAT_MODEL, input=conversation, max_output_tokens=2,  # type: ignore[arg-type]
+                                   extra_body=FIXED)
+    newest_first = client.responses.input_items.list(made.id)
+    items = list(newest_first)
+    assert [(i.type, i.role) for i in items] == [("message", "user"), ("message", "system")]  # type: ignore[union-attr]
+    assert items[0].content[0].type == "input_text" and items[0].content[0].text == PROMPT  # type: ignore[union-attr]
+    oldest_first = client.responses.input_items.list(made.id, order="asc", limit=1)
+    assert [i.id for i in oldest_first.data] == [items[1].id] and oldest_first.has_more
+    assert [i.id for i in client.responses.input_items.list(made.id, order="asc", after=items[1].id).data] == [items[0].id]
+    with pytest.raises(openai.NotFoundError):
+        stranger.responses.input_items.list(made.id)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.input_items.list(made.id, limit=0)
+    assert bad.value.body["param"] == "limit"  # type: ignore[index]
+
+
 def test_another_tenant_gets_not_found(client: openai.OpenAI, stranger: openai.OpenAI) -> None:
     mine = client.responses.create(model=CHAT_MODEL, input=PROMPT, max_output_tokens=4, extra_body=FIXED)
     with pytest.raises(openai.NotFoundError) as read:

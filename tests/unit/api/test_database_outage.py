@@ -208,8 +208,14 @@ async def test_cached_keys_are_served_through_a_frozen_database(
               f" uncached 503 in {uncached_s * 1000:.0f} ms; /ready in {ready_s * 1000:.0f} ms;"
               f" stale hits {authenticator.stale_hits}; failures {len(traffic.failed)}")
         assert before > 20
-        # Only the first lookup after the freeze waits (its timeout, 2 s of 15): the rest is answered.
-        assert during >= 0.5 * before, (before, during)
+        # Only the first lookup after the freeze waits (its timeout, 2 s of 15): the rest is answered,
+        # with no stall. Before the fix answers stopped for the whole outage (6 in 15 s against ~75
+        # before). The rate ratio is kept loose (0.5 to 1 on an idle machine, 0.37 seen with the
+        # machine at load 11): the windows see different background load; the gap check is the sharp one.
+        assert during >= 0.25 * before, (before, during)
+        frozen_times = [t for t, _ in traffic.answered if before_end <= t < frozen_end]
+        gaps = [b - a for a, b in zip([before_end, *frozen_times], [*frozen_times, frozen_end], strict=True)]
+        assert max(gaps) <= 3.0, f"answers stalled for {max(gaps):.1f}s during the outage"
         assert not traffic.failed
         # Nothing lost: every answered request is in the ledger once the database is back.
         ids = [rid for _, rid in traffic.answered]
