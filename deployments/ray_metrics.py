@@ -174,11 +174,25 @@ class EngineGauges:
         self._waiting = ray_metrics.Gauge("crosslogic_engine_waiting", description="Requests waiting.", tag_keys=keys)
         self._kv = ray_metrics.Gauge(
             "crosslogic_engine_kv_cache_usage", description="KV-cache use, 0 to 1.", tag_keys=keys)
+        # What prefix-aware routing buys, per engine: prompt tokens looked up in the prefix cache and
+        # found there (hit rate = hits / queries). The engine counts since its start; these add the
+        # increase since the last report.
+        self._prefix = {
+            field: (ray_metrics.Counter(f"crosslogic_engine_{field}", description=text, tag_keys=keys), 0)
+            for field, text in (("prefix_cache_queries", "Prompt tokens looked up in the prefix cache."),
+                                ("prefix_cache_hits", "Prompt tokens found in the prefix cache."))
+        }
 
     def set(self, stats: Mapping[str, Any]) -> None:
         self._running.set(float(stats.get("running", 0)), tags=self._tags)
         self._waiting.set(float(stats.get("waiting", 0)), tags=self._tags)
         self._kv.set(float(stats.get("kv_cache_usage", 0.0)), tags=self._tags)
+        for field, (counter, seen) in self._prefix.items():
+            total = int(stats.get(field, 0))
+            if total > seen:
+                counter.inc(float(total - seen), tags=self._tags)
+            # Lower than seen: the engine restarted its count; count on from its new total.
+            self._prefix[field] = (counter, total)
 
 
 class RegionGauges:

@@ -20,7 +20,7 @@ import asyncpg
 import openai
 import pytest
 
-from tests.serve.conftest import CHAT_MODEL, ServeStack
+from tests.serve.conftest import CHAT_MODEL, EMBED_MODEL, ServeStack
 
 LINES = 20
 MALFORMED = 7
@@ -216,6 +216,35 @@ def test_throughput_against_interactive(client: openai.OpenAI, finished: dict[st
     print(f"\nBATCH-THROUGHPUT lines={len(bodies)} batch={batch_s}s ({len(bodies) / max(batch_s, 1):.2f} lines/s) "
           f"interactive sequential={sequential_s:.1f}s ({len(bodies) / sequential_s:.2f} lines/s) "
           f"interactive x4={parallel_s:.1f}s ({len(bodies) / parallel_s:.2f} lines/s)")
+
+
+async def test_an_embeddings_batch(client: openai.OpenAI, database_url: str) -> None:
+    """Embeddings lines run on the embedding model, each metered once at the batch price (no output tokens)."""
+    texts = ["red", "green and blue", "a longer sentence about the colour of the sea"]
+    data = "".join(json.dumps({"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings",
+                               "body": {"model": EMBED_MODEL, "input": text}}) + "\n" for i, text in enumerate(texts))
+    uploaded = client.files.create(file=("embed.jsonl", data.encode()), purpose="batch")
+    batch = _wait(client, client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h").id)
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (3, 0)
+    output = _lines(client, batch.output_file_id)
+    assert [o["custom_id"] for o in output] == ["e-0", "e-1", "e-2"]
+    vectors = [o["response"]["body"]["data"][0]["embedding"] for o in output]
+    assert len({len(v) for v in vectors}) == 1 and len(vectors[0]) >= 64
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + 10
+        while len(rows := await conn.fetch("SELECT * FROM usage_ledger WHERE batch_id = $1", batch.id)) < 3:
+            assert time.monotonic() < deadline, rows
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    for row in rows:
+        assert (row["model"], row["completion_tokens"], float(row["price_multiplier"])) == (EMBED_MODEL, 0, 0.5)
+        assert row["prompt_tokens"] > 0
+    prompt_tokens = {o["response"]["request_id"]: o["response"]["body"]["usage"]["prompt_tokens"] for o in output}
+    assert {r["request_id"]: r["prompt_tokens"] for r in rows} == prompt_tokens
 
 
 def test_delete_file(client: openai.OpenAI) -> None:

@@ -112,7 +112,9 @@ def test_every_dashboard_panel_has_its_series_after_traffic(serve_stack: ServeSt
             missing = {title: sorted(names - set(samples)) for title, names in wanted.items() if names - set(samples)}
             ours = f'tenant="{tenant}"'
             counted = _total(samples, "ray_crosslogic_requests_total", ours, 'status="200"')
-            if not missing and counted >= 3 and _total(samples, "ray_crosslogic_requests_total", 'status="429"') >= 1:
+            looked_up = _total(samples, "ray_crosslogic_engine_prefix_cache_queries_total", f'model="{CHAT_MODEL}"')
+            if (not missing and counted >= 3 and _total(samples, "ray_crosslogic_requests_total", 'status="429"') >= 1
+                    and looked_up > 0):
                 break
             assert time.monotonic() < deadline, f"panels without their series after {SCRAPE_DEADLINE_S}s: {missing}"
             time.sleep(3)
@@ -128,6 +130,10 @@ def test_every_dashboard_panel_has_its_series_after_traffic(serve_stack: ServeSt
     assert _total(samples, "ray_crosslogic_output_tokens_total", ours) >= 3
     assert _total(samples, "ray_crosslogic_router_decisions_total", 'placement="local"', 'outcome="final"') >= 4
     assert _total(samples, "ray_crosslogic_region_waiting", f'region="{region}"') >= 0
+    # The engines' prefix cache, as counters (prompt tokens looked up; hits never exceed them).
+    assert types.get("ray_crosslogic_engine_prefix_cache_queries_total", types.get(
+        "ray_crosslogic_engine_prefix_cache_queries")) == "counter"
+    assert 0 <= _total(samples, "ray_crosslogic_engine_prefix_cache_hits_total", f'model="{CHAT_MODEL}"') <= looked_up
     # No API key label unless metrics.per_key_labels is set.
     assert all('key="' not in labels for labels, _ in samples["ray_crosslogic_requests_total"])
     assert all('key_prefix="' not in labels for labels, _ in samples["ray_crosslogic_ratelimit_decisions_total"])
