@@ -140,7 +140,11 @@ def _test_config(http_port: int) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture(scope="session")
+# Package scope: the stack stops when the last test of tests/serve is done, not at the session's end.
+# Its batch runners poll the session database: alive during the unit tests, they claimed the batches
+# those tests create for their own runners (a unit test's batch failed on the stack's engines), and
+# its engines and Ray took CPU from every unit test after them.
+@pytest.fixture(scope="package")
 def serve_stack(database_url: str) -> Iterator[ServeStack]:
     import secrets
 
@@ -238,7 +242,7 @@ def _print_serve_warnings(ray_tmp: Path, limit: int = 40) -> None:
         print("  " + line[:300])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_driver(serve_stack: ServeStack) -> Iterator[Any]:
     """A Ray driver connected to the test cluster, for killing actors and reading state."""
     import ray
