@@ -47,4 +47,8 @@ class RegionsConfig(BaseModel):
     # many queued requests: then it spills over.
     spill_over_queue_depth: float = Field(default=4.0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # A regional stream silent this long (not even the gateway's keep-alive line, sent every 5 s:
+    # crosslogic/regions/keepalive.py) is given up: retried elsewhere before its first event, ended
+    # with an error after. Keep it a few keep-alives long.
+    stream_idle_timeout_s: float = Field(default=20.0, gt=0, le=3600)
     tls: TlsClientConfig = Field(default_factory=TlsClientConfig)

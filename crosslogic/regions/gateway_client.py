@@ -63,10 +63,12 @@ class RegionClient:
         self._secrets: dict[tuple[str, int], bytes] = {}
         self._http = httpx.AsyncClient(
             verify=tls_context(config.tls),
-            # No read timeout: a stream waits as long as the engine generates (the client's hang-up
-            # or the gateway's end closes it). The connect timeout is what finds a dead region.
+            # The read timeout is per read, not per stream: the gateway writes a keep-alive line
+            # whenever its engine is silent (crosslogic/regions/keepalive.py), so only a region gone
+            # silent (a lost node or link, which closes nothing) reaches it. The connect timeout
+            # finds a region that is down.
             timeout=httpx.Timeout(
-                connect=config.connect_timeout_s, read=None, write=_WRITE_TIMEOUT_S,
+                connect=config.connect_timeout_s, read=config.stream_idle_timeout_s, write=_WRITE_TIMEOUT_S,
                 pool=config.connect_timeout_s,
             ),
             # One connection per stream in flight: no cap (a cap would queue streams behind others).

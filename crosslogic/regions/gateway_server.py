@@ -5,7 +5,8 @@ crosslogic/regions/signing.py); anything else gets a 401 before the body is even
 replayed nonce is refused. TLS, and mTLS when `client_ca` is set, come on top (`serve_gateway`).
 
 `POST GENERATE_PATH` answers NDJSON, one engine event per line: exactly what a local engine replica
-yields, so the control plane relays streams, usage and errors as for a local engine. Once the stream
+yields, so the control plane relays streams, usage and errors as for a local engine. An empty line
+goes out whenever the engine is silent for KEEPALIVE_S (crosslogic/regions/keepalive.py). Once the stream
 has started the status is 200 whatever happens: an engine failure travels as an ERROR event.
 When the control plane hangs up, the engine iterator is closed, which aborts the engine request.
 """
@@ -38,6 +39,7 @@ from crosslogic.errors import (
     UpstreamError,
 )
 from crosslogic.regions.app_config import GatewayListenConfig
+from crosslogic.regions.keepalive import KEEPALIVE_S, with_keepalives
 from crosslogic.regions.protocol import GATEWAY_HEALTH_PATH, GENERATE_PATH, NDJSON, GatewayRequest, encode_event
 from crosslogic.regions.signing import (
     DEFAULT_SKEW_S,
@@ -145,8 +147,8 @@ async def _ndjson(stream: EngineStream, call: GatewayRequest) -> AsyncGenerator[
             events = stream(call.model, call.endpoint, call.body, call.request_id, trace_context=trace_context)
         else:
             events = stream(call.model, call.endpoint, call.body, call.request_id)
-        async for event in events:
-            yield encode_event(event)
+        async for event in with_keepalives(events, KEEPALIVE_S, None):
+            yield b"\n" if event is None else encode_event(event)
     except CrossLogicError as exc:
         yield encode_event(error_event(exc))
     except Exception:

@@ -163,14 +163,17 @@ async def test_a_model_the_region_does_not_serve_is_retryable(gateway: tuple[Gat
 
 
 @asynccontextmanager
-async def raw_gateway(response: bytes, *, abort: bool = False) -> AsyncIterator[str]:
-    """A socket that answers the first HTTP request with these bytes, then closes (or, `abort`, resets)
-    the connection: framing faults uvicorn won't make."""
+async def raw_gateway(response: bytes, *, abort: bool = False, silent: bool = False) -> AsyncIterator[str]:
+    """A socket that answers the first HTTP request with these bytes, then closes (or, `abort`, resets;
+    `silent`, keeps open and says nothing more, as a region whose link was cut) the connection:
+    framing faults uvicorn won't make."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(response)
         await writer.drain()
+        if silent:
+            await asyncio.sleep(3600)
         if abort:
             writer.transport.abort()  # the region's host died
         else:
@@ -192,6 +195,48 @@ async def test_a_broken_connection_mid_stream_is_an_upstream_error(client: Regio
             async for event in client.stream(Target("eu", url), MODEL, "chat", {}, "req-7"):
                 got.append(event)
     assert got == [(CHUNK, "data: {}\n\n", None)]
+
+
+async def test_a_region_gone_silent_mid_stream_is_given_up_after_the_idle_timeout() -> None:
+    """No FIN, no RST, no keep-alive: the stream ends with an UpstreamError after stream_idle_timeout_s."""
+    line = b'["chunk","data: {}\\n\\n",null]\n'
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+    client = RegionClient(RegionsConfig(connect_timeout_s=2.0, stream_idle_timeout_s=0.5), MASTER)
+    got: list[EngineEvent] = []
+    try:
+        async with raw_gateway(head + b"%x\r\n%s\r\n" % (len(line), line), silent=True) as url:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(UpstreamError, match="broke during the request"):
+                async for event in client.stream(Target("eu", url), MODEL, "chat", {}, "req-9"):
+                    got.append(event)
+            waited = asyncio.get_running_loop().time() - started
+    finally:
+        await client.aclose()
+    assert got == [(CHUNK, "data: {}\n\n", None)] and 0.4 < waited < 5.0
+
+
+async def test_keepalives_carry_a_slow_engine_past_the_idle_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real gateway whose engine is silent longer than the client's idle timeout: its keep-alive
+    lines keep the stream open, and the client sees only the engine's events."""
+    import crosslogic.regions.gateway_server as gateway_server
+
+    monkeypatch.setattr(gateway_server, "KEEPALIVE_S", 0.1)
+
+    async def slow(model: str, endpoint: str, body: dict[str, Any], request_id: str) -> AsyncIterator[EngineEvent]:
+        yield EVENTS[0]
+        await asyncio.sleep(1.2)  # a long prefill, say: well past the 0.5 s idle timeout
+        for event in EVENTS[1:]:
+            yield event
+
+    app = build_gateway_app(region="eu", secret=derive_region_secret(MASTER, "eu", 1), stream=slow,
+                            models=lambda: [MODEL])
+    server, _ = await serve_gateway(app, GatewayListenConfig(host="127.0.0.1", port=0))
+    client = RegionClient(RegionsConfig(connect_timeout_s=2.0, stream_idle_timeout_s=0.5), MASTER)
+    try:
+        assert await collect(client.stream(Target("eu", server.url), MODEL, "chat", {}, "req-11")) == EVENTS
+    finally:
+        await client.aclose()
+        await server.stop()
 
 
 @pytest.mark.parametrize(("response", "error", "message"), [
