@@ -111,10 +111,12 @@ def test_every_dashboard_panel_has_its_series_after_traffic(serve_stack: ServeSt
             samples, types = _scrape(serve_stack)
             missing = {title: sorted(names - set(samples)) for title, names in wanted.items() if names - set(samples)}
             ours = f'tenant="{tenant}"'
+            # Every answer of the traffic counted (3 chats and an embedding: 4 200s, maybe from both
+            # ingress replicas, whose exports are seconds apart), the 429 and the 401 too.
             counted = _total(samples, "ray_crosslogic_requests_total", ours, 'status="200"')
             looked_up = _total(samples, "ray_crosslogic_engine_prefix_cache_queries_total", f'model="{CHAT_MODEL}"')
-            if (not missing and counted >= 3 and _total(samples, "ray_crosslogic_requests_total", 'status="429"') >= 1
-                    and looked_up > 0):
+            if (not missing and counted >= 4 and _total(samples, "ray_crosslogic_requests_total", 'status="429"') >= 1
+                    and _total(samples, "ray_crosslogic_requests_total", 'status="401"') >= 1 and looked_up > 0):
                 break
             assert time.monotonic() < deadline, f"panels without their series after {SCRAPE_DEADLINE_S}s: {missing}"
             time.sleep(3)
