@@ -90,9 +90,14 @@ VARIANTS: dict[str, Variant] = {
 BARE = {"bare_vllm": 1, "bare_vllm_stream4": 4}
 # Peers in front of bare vLLM (benchmarks/peer_targets.py), compared with bare vLLM as CrossLogic is.
 PEERS = ("litellm",)
-# The engine's own processes: its compute (and CPU worker polling) is the same behind every target,
-# so the serving path's CPU is everything else the target runs.
+# The engine's own processes: its compute (and CPU worker polling) is the same behind every target.
 ENGINE_PROCESSES = frozenset({"VLLM::Worker", "VLLM::EngineCore"})
+# The processes a request passes through besides the engine's: vLLM's OpenAI server, LiteLLM's proxy,
+# CrossLogic's HAProxy, ingress and engine replicas (whose AsyncLLM front end does what vLLM's server
+# does) and its limiter; Serve's ProxyActor in the proxy-ingress variant. Everything else a target
+# runs (Ray's controller, GCS, raylet, dashboard, log monitor, router actor) is background.
+SERVING_PATH = frozenset({"vllm api_server", "litellm", "haproxy", "RateLimitActor", "ProxyActor"})
+SERVING_PATH_PREFIX = "ServeReplica:"
 PROMPT = (
     "You are helping plan a small vegetable garden. List the vegetables that grow well in partial shade, "
     "explain how often each should be watered, and suggest which ones can share a bed. Keep the answer short."
@@ -283,10 +288,19 @@ def run_peer(workdir: Path, args: argparse.Namespace, name: str, model_path: str
     return {**result, "upstream": "bare vLLM, stream interval 1"}
 
 
-def serving_cpu_ms_per_request(result: dict[str, Any]) -> list[float]:
-    """Per level: CPU ms per request of the target's processes other than the engine's own."""
-    return [round(1000 * sum(v for g, v in level["cpu_s_by_process"].items()
-                             if g not in ENGINE_PROCESSES and g not in (CLIENT, OUTSIDE)) / max(1, level["ok"]), 2)
+def on_serving_path(group: str) -> bool:
+    return group in SERVING_PATH or group.startswith(SERVING_PATH_PREFIX)
+
+
+def cpu_ms_per_request(result: dict[str, Any], serving_path: bool) -> list[float]:
+    """Per level: CPU ms per request of the target's serving-path processes (or, not `serving_path`,
+    of its background ones), the engine's own processes and the client left out."""
+    def counted(group: str) -> bool:
+        if group in ENGINE_PROCESSES or group in (CLIENT, OUTSIDE):
+            return False
+        return on_serving_path(group) == serving_path
+
+    return [round(1000 * sum(v for g, v in level["cpu_s_by_process"].items() if counted(g)) / max(1, level["ok"]), 2)
             for level in result["levels"]]
 
 
@@ -308,7 +322,9 @@ def peer_table(results: dict[str, Any]) -> dict[str, Any]:
             "ttft_overhead_1_client_ms": None if one is None else {
                 q: round(levels[one]["ttft_ms"][q] - bare["levels"][one]["ttft_ms"][q], 2) for q in ("p50", "p90")},
             "serving_cpu_ms_per_request_by_clients": dict(zip(
-                (str(level["concurrency"]) for level in levels), serving_cpu_ms_per_request(result), strict=True)),
+                (str(level["concurrency"]) for level in levels), cpu_ms_per_request(result, True), strict=True)),
+            "background_cpu_ms_per_request_by_clients": dict(zip(
+                (str(level["concurrency"]) for level in levels), cpu_ms_per_request(result, False), strict=True)),
             "idle_cores": idle_cores(result),
             "idle_cores_beyond_bare": round(idle_cores(result) - idle_cores(bare), 3),
         }
@@ -320,9 +336,10 @@ def print_peer_table(table: dict[str, Any]) -> None:
     for name, row in table.items():
         ratios = " / ".join(f"{v:.3f}" for v in row["throughput_ratio_by_clients"].values())
         cpu = " / ".join(f"{v:.1f}" for v in row["serving_cpu_ms_per_request_by_clients"].values())
+        background = " / ".join(f"{v:.1f}" for v in row["background_cpu_ms_per_request_by_clients"].values())
         ttft = row["ttft_overhead_1_client_ms"] or {}
         print(f"  {name:24s} tput ratio {ratios} | TTFT@1 +{ttft.get('p50', 0):.1f} / +{ttft.get('p90', 0):.1f} ms (p50/p90)"
-              f" | serving CPU ms/req {cpu} | idle {row['idle_cores']:.3f} cores (+{row['idle_cores_beyond_bare']:.3f})")
+              f" | serving-path CPU ms/req {cpu} (background {background}) | idle {row['idle_cores']:.3f} cores (+{row['idle_cores_beyond_bare']:.3f})")
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -395,7 +412,14 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["bare_vllm", "crosslogic"], choices=[*BARE, *PEERS, *VARIANTS],
                         help="run in this order, one at a time")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--report", type=Path, help="run nothing: rebuild the side-by-side table of this results file")
     args = parser.parse_args()
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())
+        saved["side_by_side"] = peer_table(saved["results"])
+        print_peer_table(saved["side_by_side"])
+        args.report.write_text(json.dumps(saved, indent=2))
+        return
 
     from crosslogic.devmodels.prepare import resolve_model_source
 
