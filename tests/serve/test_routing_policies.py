@@ -42,6 +42,11 @@ def prefix_aware_engines(serve_stack: ServeStack, ray_driver: Any) -> Any:
     model = next(m for m in config.models if m.served_name == CHAT_MODEL)
     model = model.model_copy(update={"num_replicas": 2, "router": model.router.model_copy(update={"policy": "prefix_aware"})})
     assert config.router.for_model(model).policy == "prefix_aware" and config.router.policy == "least_loaded_p2c"
+    # A stack engine killed by an earlier test may still be starting again: let it finish first, so
+    # three vLLM start-ups do not share the 2 cores at once (this setup once took 410 s that way).
+    deadline = time.monotonic() + 300
+    while len(serve_stack.engine_replicas()) < 2 and time.monotonic() < deadline:
+        time.sleep(2)
     started = time.monotonic()
     serve.run(_engine_app(model, config.router, {}), name=APP, route_prefix=None)  # blocks until running
     print(f"prefix_aware engines ready in {time.monotonic() - started:.0f} s")
