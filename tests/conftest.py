@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +28,30 @@ from crosslogic.storage.migrations import apply_migrations
 from crosslogic.storage.pool import dsn_with_database
 
 _POSTGRES_FIXTURES = {"database_url", "db_pool", "db_conn", "server_url", "empty_database_url"}
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without finalizing the interpreter once pytest has reported, with pytest's own status.
+
+    A clean-clone run passed every test and then died in interpreter finalization (SIGSEGV in
+    libpython on a native thread, `make: Segmentation fault`, exit 2): threads of native libraries
+    the tests load in this process (Ray's core worker, gRPC, tokenizers) still calling into Python
+    while it shuts down. Nothing is left to run by now: every fixture has been torn down and the
+    summary printed."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
