@@ -53,7 +53,8 @@ def listing(
     ids = [item["id"] for item in items]
     for param, cursor in (("after", after), ("before", before)):
         if cursor is not None and cursor not in ids:
-            raise InvalidRequestError(f"no input item {cursor!r} in this response", param=param)
+            # Only the cursor's head goes back: the client chose it, and its length is bounded only by the URL's.
+            raise InvalidRequestError(f"no input item {cursor[:64]!r} in this response", param=param)
     start = ids.index(after) + 1 if after is not None else 0
     end = ids.index(before) if before is not None else len(items)
     window = items[start:end]

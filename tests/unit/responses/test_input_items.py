@@ -62,3 +62,9 @@ def test_bad_paging_is_a_400_naming_the_parameter(kwargs: dict[str, Any], param:
     with pytest.raises(InvalidRequestError) as refused:
         listing(_stored("hi"), **kwargs)
     assert refused.value.param == param
+
+
+def test_a_long_cursor_is_not_echoed_whole() -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        listing(_stored("hi"), after="x" * 10_000)
+    assert refused.value.param == "after" and len(str(refused.value)) < 200
