@@ -85,6 +85,10 @@ class IngressConfig(BaseModel):
     # replica (the faster hop to the first event: README, "Why the defaults"), or "ray", Ray actor
     # calls with results through Ray's object store (Serve's default).
     engine_transport: Literal["grpc", "ray"] = "grpc"
+    # A started engine stream silent this long is aborted and ends with an `engine_stalled` error
+    # (crosslogic/engine/stream_deadline.py); null: no bound. Engines emit a token per step, so only a
+    # stuck transport or replica is this quiet.
+    engine_stream_idle_timeout_s: float | None = Field(default=60.0, gt=0, le=3600)
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -17,6 +17,7 @@ from crosslogic.api.gateway import DependencyStatus, Readiness
 from crosslogic.api.readiness_probes import billing_readiness
 from crosslogic.config import AppConfig
 from crosslogic.engine.base import Endpoint, EngineEvent, ModelCard
+from crosslogic.engine.stream_deadline import StreamStalled, with_idle_deadline
 from crosslogic.errors import ServiceUnavailableError, UpstreamError
 from crosslogic.regions.readiness import regions_readiness
 from crosslogic.routing.hints import RoutingHints
@@ -81,10 +82,18 @@ class ServeGateway:
         response = handle.generate.remote(endpoint, body, request_id, hints)
         assert isinstance(response, DeploymentResponseGenerator)  # the handles are options(stream=True)
         finished = False
+
+        def stalled(silent_s: float) -> None:
+            logger.warning("engine stream for request %s said nothing for %.0fs after it started: aborted",
+                           request_id, silent_s)
+
+        events = with_idle_deadline(response, self._config.ingress.engine_stream_idle_timeout_s, on_stall=stalled)
         try:
-            async for event in response:
+            async for event in events:
                 yield event
             finished = True
+        except StreamStalled:
+            raise UpstreamError("The engine stopped answering mid-stream.", code="engine_stalled") from None
         except serve_exceptions.BackPressureError:
             raise ServiceUnavailableError(
                 f"model '{model}' is at capacity; retry shortly", code="engine_overloaded"
@@ -96,8 +105,10 @@ class ServeGateway:
             raise UpstreamError("The engine replica failed while handling the request.") from None
         finally:
             if not finished:
-                # Client gone or request failed: cancel the replica's work (aborts the vLLM request).
+                # Client gone, request failed or stalled: cancel the replica's work (aborts the vLLM request).
                 response.cancel()  # type: ignore[no-untyped-call]  # unannotated in Ray
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
 
     def _transport(self, model: str) -> str:
         """How calls to this model's engines travel, read from the handle the requests use."""
