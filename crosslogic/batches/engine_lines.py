@@ -21,6 +21,7 @@ from crosslogic.api.relay import relay
 from crosslogic.auth.context import AuthContext
 from crosslogic.batches.store import Batch, Line
 from crosslogic.engine.base import Endpoint, EngineEvent, ModelCard
+from crosslogic.engine.priority import batch_line_body
 from crosslogic.errors import CrossLogicError, ModelNotFoundError, PermissionDeniedError
 from crosslogic.metering.records import UsageRecord
 from crosslogic.routing.hints import RoutingHints
@@ -117,7 +118,7 @@ class EngineLineExecutor:
             if card is None:
                 raise ModelNotFoundError(
                     f"The model '{model}' does not exist or you do not have access to it.", param="model")
-            body = salted_body(line.body, card.prefix_cache_scope, auth)
+            body = batch_line_body(salted_body(line.body, card.prefix_cache_scope, auth))
             gate = AdmissionGate(Admitted({}, None, None))
             usage = BatchUsage(batch.id, self._multiplier)
             try:

@@ -6,6 +6,7 @@ The ingress sets it on every request from the tenant's fair-share weight (tenant
 later (0.5 -> 1). A client's own `priority` is refused with a 400, as its own cache_salt is: taken
 as sent it would let any tenant jump the engine's queue. An engine not configured for priority
 scheduling drops the field (vLLM refuses a non-zero priority under fcfs); the simulator ignores it.
+Batch lines get `BATCH_PRIORITY`, after every tier.
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ def prioritized_body(body: dict[str, Any], weight: float | None) -> dict[str, An
             param=PRIORITY_FIELD, code="invalid_parameter",
         )
     return {**body, PRIORITY_FIELD: tier_priority(weight)}
+
+
+# Batch lines run after every interactive tier (a tier's priority is -log2 of its weight: within ±20
+# for any weight a tenant can hold), so under priority scheduling an interactive request is never queued
+# behind a batch line and, when the engine runs out of KV cache, batch lines are the ones preempted.
+BATCH_PRIORITY = 100
+
+
+def batch_line_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A batch line's body as the engine gets it: the server's batch priority; the line's own refused
+    (the line fails with this 400 in the error file), as an interactive request's is."""
+    if PRIORITY_FIELD in body:
+        raise InvalidRequestError(
+            "priority is set by the server (batch lines run after interactive requests); remove it from the line",
+            param=PRIORITY_FIELD, code="invalid_parameter",
+        )
+    return {**body, PRIORITY_FIELD: BATCH_PRIORITY}
 
 
 def uses_priority_scheduling(engine_kwargs: dict[str, Any]) -> bool:

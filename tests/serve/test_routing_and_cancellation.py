@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import openai
 
-from tests.serve.conftest import CHAT_MODEL, ServeStack
+from tests.serve.conftest import CHAT_MODEL, ServeStack, process_title
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
@@ -111,7 +111,16 @@ async def test_replica_death_is_retried_before_first_token(serve_stack: ServeSta
         replicas = serve_stack.engine_replicas()
         return len(replicas) == 2 and victim_id not in replicas
 
-    deadline = time.monotonic() + 300
+    # A new vLLM engine starts in ~30 s here on the EPYC machine; CI on the slower Xeon once saw no
+    # replacement within 300 s (its cause unknown: no logs). Wait longer, and say what Serve saw.
+    killed_at = time.monotonic()
+    deadline = killed_at + 600
     while time.monotonic() < deadline and not replaced():
         time.sleep(2)
-    assert replaced()
+    if not replaced():
+        import psutil
+
+        engine_cores = [p.pid for p in psutil.process_iter() if "EngineCore" in process_title(p)]
+        raise AssertionError(f"no replacement after 600s: router view {serve_stack.engine_replicas()}; "
+                             f"EngineCore processes {engine_cores}; serve status:\n{serve_stack.cluster.status()}")
+    print(f"replica replaced in {time.monotonic() - killed_at:.0f}s")

@@ -27,6 +27,7 @@ from crosslogic.batches.ids import line_request_id
 from crosslogic.batches.runner import BatchRunner, Capacity
 from crosslogic.batches.store import Batch, BatchStore
 from crosslogic.engine.base import EngineEvent
+from crosslogic.engine.priority import BATCH_PRIORITY
 from crosslogic.metering import UsageRecorder
 from crosslogic.routing.hints import RoutingHints
 from crosslogic.routing.load_table import ReplicaLoad
@@ -332,3 +333,35 @@ async def test_a_batch_whose_key_is_unknown_fails_before_any_line(
     done = await BatchStore(db_pool).get(batch.tenant_id, batch.id)
     assert (done.status, done.completed, done.failed, done.output_file_id) == ("failed", 0, 3, None)
     assert done.errors and done.errors[0]["code"] == "key_revoked"
+
+
+class BodyRecordingGateway(ScriptedGateway):
+    """Keeps the body each engine call was given."""
+
+    def __init__(self, models: list[str]) -> None:
+        super().__init__(models)
+        self.bodies: list[dict[str, Any]] = []
+
+    def stream(self, model: str, endpoint: Any, body: dict[str, Any], request_id: str,
+               hints: RoutingHints) -> AsyncIterator[EngineEvent]:
+        self.bodies.append(body)
+        return super().stream(model, endpoint, body, request_id, hints)
+
+
+async def test_lines_run_at_the_batch_priority_and_a_lines_own_priority_fails_it(
+    db_pool: asyncpg.Pool, tmp_path: Path, recorder: UsageRecorder,
+) -> None:
+    """Under priority scheduling a line claiming `priority: -100` would jump every interactive request."""
+    files = file_store(db_pool, tmp_path)
+    claimed = json.dumps({"custom_id": "jumper", "method": "POST", "url": "/v1/chat/completions",
+                          "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "priority": -100}})
+    batch = await _batch(db_pool, files, chat_lines(2) + claimed.encode() + b"\n")
+    gateway = BodyRecordingGateway(["m"])
+    assert await _runner(db_pool, files, recorder, gateway).run_once()
+    done = await BatchStore(db_pool).get(batch.tenant_id, batch.id)
+    assert (done.status, done.completed, done.failed) == ("completed", 2, 1)
+    assert [b["priority"] for b in gateway.bodies] == [BATCH_PRIORITY, BATCH_PRIORITY]
+    [refused] = await _jsonl(files, done, done.error_file_id)
+    assert refused["custom_id"] == "jumper"
+    assert refused["response"]["status_code"] == 400  # type: ignore[index]
+    assert refused["response"]["body"]["error"]["param"] == "priority"  # type: ignore[index]
