@@ -24,6 +24,8 @@ import time
 import uuid
 from typing import Any
 
+from asgi_stubs import empty_request, null_send, null_settle, per_call_us
+
 from crosslogic.routing.hints import RoutingHints
 from crosslogic.telemetry.middleware import RequestMetricsMiddleware
 from crosslogic.telemetry.request_metrics import NullRequestMetrics, RequestSample, RoutingAttempt, observation
@@ -39,10 +41,6 @@ REFUSED = RequestSample(
     route="/v1/chat/completions", status=401, model="unknown", tenant="unknown", key="unknown",
     latency_s=0.001, ttft_s=None, tpot_s=None, prompt_tokens=0, completion_tokens=0, queue_wait_s=None, attempts=(),
 )
-
-
-def per_call_us(total_s: float, calls: int) -> float:
-    return round(total_s / calls * 1e6, 3)
 
 
 class _Outcome:  # what the relay hands the settle hook (crosslogic/api/relay.py Outcome's fields)
@@ -63,23 +61,11 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     hints = RoutingHints()
     observed.hints.append(hints)
     hints.region = "local"
-    await observed.settled(_settle)(_Outcome())  # type: ignore[arg-type]
+    await observed.settled(null_settle)(_Outcome())  # type: ignore[arg-type]
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     for _ in range(3):
         await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _settle(outcome: Any) -> None:
-    pass
-
-
-async def _send(message: Any) -> None:
-    pass
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 async def bench_observation(calls: int) -> dict[str, float]:
@@ -88,7 +74,7 @@ async def bench_observation(calls: int) -> dict[str, float]:
     async def loop(app: Any) -> float:
         started = time.perf_counter()
         for _ in range(calls):
-            await app(dict(SCOPE), _receive, _send)
+            await app(dict(SCOPE), empty_request, null_send)
         return time.perf_counter() - started
 
     runs = [(await loop(_app), await loop(wrapped)) for _ in range(5)]

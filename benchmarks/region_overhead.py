@@ -50,11 +50,10 @@ from typing import Any
 
 import httpx
 from openai import AsyncOpenAI
-from serving_overhead import PROMPT, interrupt, machine_info, quantile
+from serving_overhead import PROMPT, interrupt, machine_info, one_request, quantile
 from serving_targets import ENGINE_ENV, MODEL, Variant, bench_dtype, crosslogic_target, log
 
 from crosslogic.admin.local_secret import mint_admin_token
-from crosslogic.api.timing import parse_server_timing
 from crosslogic.engine.base import CHUNK, ENGINE_FIRST_MS, ERROR, USAGE
 from crosslogic.localstack.region_stack import RegionStack
 from crosslogic.regions.config import MASTER_SECRET_ENV
@@ -88,28 +87,10 @@ def chat_body(max_tokens: int) -> dict[str, Any]:
 
 
 async def via_control_plane(client: AsyncOpenAI, region: str, max_tokens: int) -> Sample:
-    body = chat_body(max_tokens)
-    started = time.perf_counter()
-    ttft: float | None = None
-    tokens = 0
-    stream = await client.chat.completions.create(
-        model=MODEL, messages=body["messages"], max_tokens=max_tokens, temperature=0.0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-        extra_headers={"x-crosslogic-region": region},
-    )
-    headers = stream.response.headers
-    stages = parse_server_timing(headers.get("server-timing", ""))
-    async for chunk in stream:
-        # As vLLM's own `bench serve`: the first chunk carrying a choice is the first token.
-        if ttft is None and chunk.choices:
-            ttft = time.perf_counter() - started
-        if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-    latency = time.perf_counter() - started
-    ttft = ttft if ttft is not None else latency
-    if "total" in stages:
-        stages["outside"] = ttft * 1000 - stages["total"]
-    return Sample(ttft * 1000, latency * 1000, tokens, headers.get("x-crosslogic-region", "?"), stages)
+    # serving_overhead's streamed sample (TTFT on the first chunk with a choice, Server-Timing, `outside`).
+    sample = await one_request(client, max_tokens, headers={"x-crosslogic-region": region})
+    return Sample(sample.ttft_s * 1000, sample.latency_s * 1000, sample.output_tokens, sample.region or "?",
+                  sample.stages)
 
 
 def _has_choice(sse: str) -> bool:

@@ -115,15 +115,19 @@ class Sample:
     # CrossLogic's Server-Timing stages (ms) of this request, plus `outside`: the client's TTFT
     # minus the ingress's `total` (HTTP server, ingress proxy, client). Empty for bare vLLM.
     stages: dict[str, float]
+    # The region that served it (CrossLogic's x-crosslogic-region); "" for bare vLLM and peers.
+    region: str = ""
 
 
-async def one_request(client: AsyncOpenAI, max_tokens: int) -> Sample:
+async def one_request(client: AsyncOpenAI, max_tokens: int, headers: dict[str, str] | None = None) -> Sample:
+    """One streamed chat request (`headers`: extra request headers, e.g. a region preference)."""
     started = time.perf_counter()
     ttft: float | None = None
     tokens = 0
     stream = await client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens,
         temperature=0.0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        extra_headers=headers,
     )
     stages = parse_server_timing(stream.response.headers.get("server-timing", ""))
     async for chunk in stream:
@@ -136,7 +140,8 @@ async def one_request(client: AsyncOpenAI, max_tokens: int) -> Sample:
     ttft = ttft if ttft is not None else latency
     if "total" in stages:
         stages["outside"] = ttft * 1000 - stages["total"]
-    return Sample(ttft_s=ttft, latency_s=latency, output_tokens=tokens, stages=stages)
+    return Sample(ttft_s=ttft, latency_s=latency, output_tokens=tokens, stages=stages,
+                  region=stream.response.headers.get("x-crosslogic-region", ""))
 
 
 def quantile(values: list[float], q: float) -> float:

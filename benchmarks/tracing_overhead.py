@@ -36,6 +36,8 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # tests.* helpers (the receiver, the scripted app)
 
+from asgi_stubs import empty_request, null_send, null_settle, per_call_us  # noqa: E402
+
 from crosslogic.engine.base import CHUNK, USAGE, EngineEvent  # noqa: E402
 from crosslogic.routing.hints import RoutingHints  # noqa: E402
 from crosslogic.tracing.config import TracingConfig  # noqa: E402
@@ -64,10 +66,6 @@ class _Outcome:
     status, prompt_tokens, completion_tokens = "finished", 9, 15
 
 
-async def _settle(outcome: Any) -> None:
-    pass
-
-
 async def _engine_events() -> AsyncIterator[EngineEvent]:
     for event in EVENTS:
         yield event
@@ -94,7 +92,7 @@ async def _request_app(scope: dict[str, Any], receive: Any, send: Any, tracing: 
     async for _ in events:
         pass
     trace.finished(_Outcome())
-    await trace.settling(_settle)(_Outcome())
+    await trace.settling(null_settle)(_Outcome())
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -105,16 +103,8 @@ async def _untraced_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"x-request-id", b"req_1")]})
     async for _ in _engine_events():
         pass
-    await _settle(_Outcome())
+    await null_settle(_Outcome())
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _send(message: Any) -> None:
-    pass
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _scope(traceparent: bool) -> dict[str, Any]:
@@ -146,7 +136,7 @@ async def bench_instrumentation(calls: int, endpoint: str) -> dict[str, Any]:
     async def round_(app: Any, traceparent: bool) -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(calls):
-            await app(_scope(traceparent), _receive, _send)
+            await app(_scope(traceparent), empty_request, null_send)
         for tracing in (sampled, engine):
             assert tracing.force_flush(60)  # the export (background thread) belongs to the cost
         return time.perf_counter() - wall, time.process_time() - cpu
@@ -157,8 +147,8 @@ async def bench_instrumentation(calls: int, endpoint: str) -> dict[str, Any]:
             runs[name].append(await round_(app, traceparent))
     out: dict[str, Any] = {}
     for name, r in runs.items():
-        out[f"{name}_wall_us"] = round(statistics.median(w for w, _ in r) / calls * 1e6, 3)
-        out[f"{name}_cpu_us"] = round(statistics.median(c for _, c in r) / calls * 1e6, 3)
+        out[f"{name}_wall_us"] = per_call_us(statistics.median(w for w, _ in r), calls)
+        out[f"{name}_cpu_us"] = per_call_us(statistics.median(c for _, c in r), calls)
     # What the tracing code costs with tracing off: the null trace's calls, against none at all.
     out["off_minus_no_tracing_code_cpu_us"] = round(out["off_cpu_us"] - out["no_tracing_code_cpu_us"], 3)
     for name in ("on_not_sampled", "on_sampled"):
