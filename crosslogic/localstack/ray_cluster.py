@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crosslogic.backoff import Backoff
 from crosslogic.errors import ConfigError
 from crosslogic.localstack.haproxy_loopback import REAL_BINARY_ENV, real_haproxy_binary, write_launcher
 from crosslogic.localstack.listeners import Listener, listeners
@@ -52,6 +53,9 @@ def free_port() -> int:
 
 
 _CLUSTER_TAG = "CROSSLOGIC_LOCAL_CLUSTER_ID"
+# Between `serve deploy` tries while the dashboard's HTTP server starts: 2, 4, 8, 10 s (no jitter:
+# one CLI against its own cluster).
+_DEPLOY_RETRY = Backoff(base_s=2.0, max_s=10.0, jitter=0.0)
 _PRELOAD_ENV = "RAY_preload_python_modules"
 LOOPBACK_PRELOAD = "deployments.local_loopback"
 
@@ -206,7 +210,8 @@ class LocalRayCluster:
             if result.returncode == 0:
                 return
             output = (result.stderr + result.stdout).strip()
-            time.sleep(2 * (attempt + 1))
+            if attempt + 1 < attempts:
+                time.sleep(_DEPLOY_RETRY.delay(attempt + 1))
         lines = [line for line in output.splitlines() if line.strip() and set(line.strip()) != {"^"}]
         raise ConfigError(f"serve deploy failed: {' | '.join(lines[-3:])}")
 
