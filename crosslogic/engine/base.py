@@ -17,7 +17,7 @@ boundary, where every microsecond counts:
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -33,6 +33,22 @@ RESPONSE = "response"
 ERROR = "error"
 USAGE = "usage"
 ENGINE_FIRST_MS = "first_ms"
+
+
+class ChunkEvents:
+    """Builds one stream's chunk events: the first carries the engine's time from the request's
+    arrival to it (`ENGINE_FIRST_MS`), the rest only text and usage. Every engine streams this way."""
+
+    __slots__ = ("_arrived", "_clock", "_first")
+
+    def __init__(self, arrived: float, clock: Callable[[], float]) -> None:
+        self._arrived, self._clock, self._first = arrived, clock, True
+
+    def chunk(self, text: str, usage: dict[str, int] | None) -> EngineEvent:
+        if self._first:
+            self._first = False
+            return (CHUNK, text, usage, {ENGINE_FIRST_MS: round((self._clock() - self._arrived) * 1000, 3)})
+        return (CHUNK, text, usage)
 
 
 class EngineStats(BaseModel):

@@ -32,11 +32,10 @@ from typing import Any
 
 from crosslogic.config import ModelDeploymentConfig
 from crosslogic.engine.base import (
-    CHUNK,
-    ENGINE_FIRST_MS,
     ERROR,
     RESPONSE,
     USAGE,
+    ChunkEvents,
     Endpoint,
     Engine,
     EngineEvent,
@@ -290,7 +289,7 @@ class SimulatorEngine(Engine):
             )
         options = body.get("stream_options") or {}
         sent = 0
-        first = True
+        chunks = ChunkEvents(seq.arrived, asyncio.get_running_loop().time)
         while True:
             await seq.ready.wait()
             seq.ready.clear()
@@ -309,12 +308,7 @@ class SimulatorEngine(Engine):
                     total = {**usage, "total_tokens": seq.prompt_tokens + sent}
                     text += "data: " + json.dumps({"id": seq.request_id, "choices": [], "usage": total}) + "\n\n"
                 text += _DONE
-            if first:
-                first = False
-                elapsed_ms = round((asyncio.get_running_loop().time() - seq.arrived) * 1000, 3)
-                yield (CHUNK, text, usage, {ENGINE_FIRST_MS: elapsed_ms})
-            else:
-                yield (CHUNK, text, usage)
+            yield chunks.chunk(text, usage)
             if seq.finished:
                 return
 

@@ -19,11 +19,10 @@ from typing import Any
 
 from crosslogic.config import ModelDeploymentConfig
 from crosslogic.engine.base import (
-    CHUNK,
-    ENGINE_FIRST_MS,
     ERROR,
     RESPONSE,
     USAGE,
+    ChunkEvents,
     Endpoint,
     Engine,
     EngineEvent,
@@ -398,17 +397,14 @@ class VLLMEngine(Engine):
                 "prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0),
             })
             return
-        first = True
+        chunks = ChunkEvents(arrived, time.perf_counter)
         try:
             async for batch in _coalesce(result):
                 text, usage = _strip_usage(batch, keep_final=keep_final, keep_continuous=keep_continuous)
                 # Each chunk carries the engine's running usage, so whoever relays it knows what
                 # was generated even if the stream ends early; the first one also how long it took.
-                if text and first:
-                    first = False
-                    yield (CHUNK, text, usage, {ENGINE_FIRST_MS: round((time.perf_counter() - arrived) * 1000, 3)})
-                elif text:
-                    yield (CHUNK, text, usage)
+                if text:
+                    yield chunks.chunk(text, usage)
                 elif usage is not None:
                     yield (USAGE, usage)
         except Exception as exc:
