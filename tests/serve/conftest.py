@@ -113,6 +113,10 @@ def _test_config(http_port: int) -> dict[str, Any]:
     app = config["applications"][0]
     # Two ingress replicas: key revocation, routing counts and limits must hold across replicas.
     app["args"]["ingress"]["num_replicas"] = 2
+    # A started stream silent this long ends with engine_stalled (test_routing_and_cancellation
+    # freezes an engine): shorter than the default 60 s, still far above any gap between tokens
+    # seen under the suite's load.
+    app["args"]["ingress"]["engine_stream_idle_timeout_s"] = 30
     # Short windows and leases so exactness and expiry are observable within a test; a namespace of
     # our own on the shared Redis.
     app["args"]["limits"] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from typing import Any
@@ -60,6 +61,46 @@ async def test_client_cancel_mid_stream_aborts_engine_request(serve_stack: Serve
         # While generating, the engine was busy; after the hang-ups every count returns to zero.
     replicas = _wait_idle(serve_stack, timeout_s=5.0)
     assert all(r["running"] == 0 for r in replicas.values())
+
+
+async def test_a_stream_whose_engine_freezes_ends_with_engine_stalled(serve_stack: ServeStack) -> None:
+    """A stuck engine (its EngineCore processes stopped with SIGSTOP mid-stream) must not hold a
+    client's stream open forever: after `ingress.engine_stream_idle_timeout_s` of silence the stream
+    ends with an `engine_stalled` error event and the engine request is aborted."""
+    import psutil
+
+    from crosslogic.localstack.ray_cluster import cluster_processes
+
+    idle_s = float(serve_stack.config["applications"][0]["args"]["ingress"]["engine_stream_idle_timeout_s"])
+    _wait_idle(serve_stack, timeout_s=120)
+    cores = [p for p in cluster_processes(serve_stack.cluster.cluster_id) if "EngineCore" in process_title(p)]
+    assert cores, "no EngineCore process found"
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    after_freeze: list[str] = []
+    async with httpx.AsyncClient(timeout=idle_s * 3, headers=serve_stack.auth_headers) as http:
+        async with http.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            lines = resp.aiter_lines()
+            while not (await anext(lines)).startswith("data: {"):
+                pass
+            for proc in cores:
+                proc.suspend()
+            frozen_at = time.monotonic()
+            try:
+                async for line in lines:
+                    if line:
+                        after_freeze.append(line)
+            finally:
+                for proc in cores:
+                    with contextlib.suppress(psutil.Error):
+                        proc.resume()
+            ended_after = time.monotonic() - frozen_at
+    print(f"stream ended {ended_after:.1f}s after the freeze ({len(after_freeze)} lines meanwhile)")
+    assert "engine_stalled" in after_freeze[-1], after_freeze[-3:]
+    assert "data: [DONE]" not in after_freeze
+    assert idle_s - 1 <= ended_after <= idle_s + 15, ended_after
+    # Resumed, the engine has nothing left running: the request was aborted, not left generating.
+    _wait_idle(serve_stack, timeout_s=60)
 
 
 def test_router_actor_restart_rebuilds_from_reports(serve_stack: ServeStack, ray_driver: Any) -> None:
