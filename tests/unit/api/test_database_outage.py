@@ -173,8 +173,10 @@ async def test_cached_keys_are_served_through_a_frozen_database(
         ready = await client.get("/ready")
         assert ready.status_code == 200 and ready.json()["dependencies"]["postgres"]["data"]["reachable"]
 
-        t0 = time.monotonic()
-        before_end, frozen_end = t0 + 5, t0 + 5 + FREEZE_S
+        # Traffic warms up (keys cached, connections made) for 2 s before the first window opens: a
+        # cold start inside the "before" window made its rate swing (129 to 910 answers/s in full runs).
+        warm_up_end = time.monotonic() + 2
+        t0, before_end, frozen_end = warm_up_end, warm_up_end + 5, warm_up_end + 5 + FREEZE_S
         workers = [asyncio.create_task(traffic.worker(i, frozen_end + 5)) for i in range(WORKERS)]
         await asyncio.sleep(before_end - time.monotonic())
         tcp.freeze()
@@ -210,9 +212,8 @@ async def test_cached_keys_are_served_through_a_frozen_database(
         assert before > 20
         # Only the first lookup after the freeze waits (its timeout, 2 s of 15): the rest is answered,
         # with no stall. Before the fix answers stopped for the whole outage (6 in 15 s against ~75
-        # before). The rate ratio is kept loose (0.5 to 1 on an idle machine, 0.37 seen with the
-        # machine at load 11): the windows see different background load; the gap check is the sharp one.
-        assert during >= 0.25 * before, (before, during)
+        # before). Measured after the warm-up on an idle EPYC: 0.94-1.01 in three runs.
+        assert during >= 0.5 * before, (before, during)
         frozen_times = [t for t, _ in traffic.answered if before_end <= t < frozen_end]
         gaps = [b - a for a, b in zip([before_end, *frozen_times], [*frozen_times, frozen_end], strict=True)]
         assert max(gaps) <= 3.0, f"answers stalled for {max(gaps):.1f}s during the outage"
