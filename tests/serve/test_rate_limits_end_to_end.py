@@ -310,7 +310,17 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
     tenant_id, key_id, secret = _limited_key(serve_stack, "replica-killed", max_concurrency=4)
     headers = {"authorization": f"Bearer {secret}"}
     # Bounded: the killed replicas cannot cancel these generations (see the wait at the end).
-    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 300, "ignore_eos": True, "stream": True}
+    # Long enough to outlive the reads and the kill below (300 tokens once ended first on the EPYC
+    # machine: both leases were settled before they could be read).
+    body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 600, "ignore_eos": True, "stream": True}
+    # Who to kill, found before the streams start: listing actors and scanning processes takes seconds.
+    ingresses = [
+        a["name"] for a in ray_driver.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "ingress" in a["name"]
+    ]
+    assert len(ingresses) == 2, ingresses
+    replicas = _ingress_processes(serve_stack)
+    assert len(replicas) == 2, replicas
     streams = [httpx.stream("POST", f"{serve_stack.openai_base}/chat/completions", json=body, headers=headers, timeout=120) for _ in range(2)]
     opened = [s.__enter__() for s in streams]
     # Keep the line iterators referenced: a discarded one closes its connection (a client hang-up).
@@ -321,17 +331,12 @@ def test_leases_of_a_killed_ingress_replica_expire(serve_stack: ServeStack, ray_
             next(reader)
         leases = _leases(serve_stack, key_id)
         assert leases["active_leases"] == 2, (leases, _lease_holders(serve_stack, {"id": key_id, "tenant_id": tenant_id}))
-        ingresses = [
-            a["name"] for a in ray_driver.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == "serve" and "ingress" in a["name"]
-        ]
-        assert len(ingresses) == 2, ingresses
         # What the leases have left when their holders die: they must last that long, not less.
         # (Renewals come every TTL/3, but one that is late or skipped — the ingress's loop lagging on
         # a loaded machine — leaves less than 2/3 of the TTL: seen once in CI, gone 2.2 s after.)
-        replicas = _ingress_processes(serve_stack)
-        assert len(replicas) == 2, replicas
-        left_s = min(left for _, left in _lease_holders(serve_stack, {"id": key_id, "tenant_id": tenant_id}))
+        holders = _lease_holders(serve_stack, {"id": key_id, "tenant_id": tenant_id})
+        assert len(holders) == 2, holders
+        left_s = min(left for _, left in holders)
         read_at = time.monotonic()
         for name in ingresses:  # both: whichever holds the leases dies without settling
             ray_driver.kill(ray_driver.get_actor(name, namespace="serve"), no_restart=True)

@@ -179,16 +179,29 @@ async def test_preference_is_honoured_and_usage_rows_carry_the_serving_region(
 async def test_traffic_spreads_over_regions_by_queue_depth(regions: Regions) -> None:
     stack = regions.stack
     body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 48, "ignore_eos": True, "stream": True}
+    seen: dict[int, dict[str, Any]] = {}
     async with httpx.AsyncClient(timeout=180, headers=stack.auth_headers) as http:
 
-        async def one() -> str:
+        async def one(i: int) -> str:
+            state = seen[i] = {"lines": 0, "done": False, "ended": False}
             async with http.stream("POST", f"{stack.openai_base}/chat/completions", json=body) as resp:
                 assert resp.status_code == 200, await resp.aread()
-                async for _ in resp.aiter_lines():
-                    pass
-                return resp.headers["x-crosslogic-region"]
+                state |= {"id": resp.headers["x-request-id"], "region": resp.headers["x-crosslogic-region"],
+                          "replica": resp.headers.get("x-crosslogic-replica")}
+                async for line in resp.aiter_lines():
+                    state["lines"] += 1
+                    state["done"] = state["done"] or line == "data: [DONE]"
+                state["ended"] = True
+                return str(state["region"])
 
-        placements = Counter(await asyncio.gather(*(one() for _ in range(16))))
+        tasks = [asyncio.ensure_future(one(i)) for i in range(16)]
+        done, pending = await asyncio.wait(tasks, timeout=120)
+        # A stream that has not ended by now is the open defect (a stream that never ends): say where
+        # it stood (its request id for the replica logs, whether its [DONE] came) before failing.
+        for task in pending:
+            task.cancel()
+        assert not pending, [s for s in seen.values() if not s["ended"]]
+        placements = Counter(task.result() for task in done)
     print(f"16 concurrent streams served by {dict(placements)}")
     # Local has two replicas, each region one: a burst deeper than the local queue spills to regions.
     assert len(placements) >= 2 and sum(n for r, n in placements.items() if r != "local") >= 2, placements
