@@ -31,14 +31,16 @@ def litellm_binary() -> Path:
 
 
 @contextlib.contextmanager
-def litellm_proxy(upstream_base: str, model: str, workdir: Path, tag: str) -> Iterator[str]:
-    """LiteLLM's proxy forwarding `model` to the OpenAI-compatible server at `upstream_base` (…/v1)."""
+def litellm_proxy(upstream_base: str | list[str], model: str, workdir: Path, tag: str) -> Iterator[str]:
+    """LiteLLM's proxy forwarding `model` to the OpenAI-compatible server at `upstream_base` (…/v1),
+    or routing over several (one deployment each, LiteLLM's default routing strategy)."""
     port = free_port()
+    bases = [upstream_base] if isinstance(upstream_base, str) else upstream_base
     config = {
         "model_list": [{"model_name": model, "litellm_params": {
             # `openai/`: the upstream speaks OpenAI's API; parameters LiteLLM does not know
             # (vLLM's `ignore_eos`) are passed through in the body as the client sent them.
-            "model": f"openai/{model}", "api_base": upstream_base, "api_key": "EMPTY"}}],
+            "model": f"openai/{model}", "api_base": base, "api_key": "EMPTY"}} for base in bases],
         "general_settings": {"master_key": LITELLM_KEY},
         "litellm_settings": {"drop_params": False, "telemetry": False},
     }

@@ -49,6 +49,8 @@ class Variant:
     # Move the cluster's other threads off the engine worker's cores once ready (cpu_placement), as
     # `crosslogic local up` does.
     placement: bool = True
+    # The application's models instead of the shipped chat model (e.g. engine-simulator fleets).
+    models: list[dict[str, Any]] | None = None
 
 
 def log(message: str) -> None:
@@ -156,14 +158,17 @@ async def issue_key(dsn: str, home: Path) -> str:
 
 def bench_config(
     http_port: int, engine_kwargs: dict[str, Any], ingress: dict[str, Any] | None = None,
-    limits: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None, models: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"]["port"] = http_port
     app = config["applications"][0]
-    app["args"]["models"] = [m for m in app["args"]["models"] if m["served_name"] == MODEL]
-    app["args"]["models"][0]["num_replicas"] = 1
-    app["args"]["models"][0]["engine"].setdefault("engine_kwargs", {}).update(engine_kwargs)
+    if models is not None:
+        app["args"]["models"] = models
+    else:
+        app["args"]["models"] = [m for m in app["args"]["models"] if m["served_name"] == MODEL]
+        app["args"]["models"][0]["num_replicas"] = 1
+        app["args"]["models"][0]["engine"].setdefault("engine_kwargs", {}).update(engine_kwargs)
     app["args"]["ingress"].update(ingress or {})
     if limits:
         app["args"]["limits"] = {**app["args"].get("limits", {}), **limits}
@@ -175,7 +180,8 @@ def _ray_stack(workdir: Path, dsn: str, cluster: LocalRayCluster, variant: Varia
     api_key = asyncio.run(issue_key(dsn, workdir / "home"))
     http_port = free_port()
     config_path = workdir / "serve_config.bench.yaml"
-    config_path.write_text(yaml.safe_dump(bench_config(http_port, variant.engine_kwargs, variant.ingress, variant.limits)))
+    config_path.write_text(yaml.safe_dump(bench_config(
+        http_port, variant.engine_kwargs, variant.ingress, variant.limits, variant.models)))
     # Every Ray process inherits these from `ray start`: the replicas find the database and secret.
     env = {"DATABASE_URL": dsn, "CROSSLOGIC_ADMIN_JWT_SECRET": secrets.token_urlsafe(48), **variant.ray_env}
     saved = {k: os.environ.get(k) for k in env}
