@@ -30,6 +30,9 @@ from crosslogic.tracing.request_trace import NULL_TRACE, RequestTrace
 logger = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# Closing an engine stream is quick (a cancel, a connection dropped). One that takes longer is stuck,
+# and must hold neither the client's end of response nor the request's settlement hostage.
+_CLOSE_ENGINE_STREAM_S = 5.0
 # The last event of every OpenAI stream.
 _SSE_DONE = "data: [DONE]\n\n"
 
@@ -98,6 +101,19 @@ class Outcome:
 Settle = Callable[[Outcome], Awaitable[None]]
 
 
+async def _close_engine_stream(events: AsyncIterator[EngineEvent], request_id: str) -> None:
+    """Close an engine stream (aborting its engine request if it still runs), within
+    `_CLOSE_ENGINE_STREAM_S`: a stuck close is logged with the request's id and left behind."""
+    try:
+        async with asyncio.timeout(_CLOSE_ENGINE_STREAM_S):
+            await events.aclose()  # type: ignore[attr-defined]
+    except TimeoutError:
+        logger.warning("closing the engine stream of request %s took over %.0fs: left behind",
+                       request_id, _CLOSE_ENGINE_STREAM_S)
+    except Exception:
+        pass
+
+
 async def _open(
     gateway: Gateway,
     model: str,
@@ -136,8 +152,7 @@ async def _open(
                 return first, events
             last_error = UpstreamError(first[1]["error"]["message"], code=first[1]["error"].get("code"))
         trace.attempt_failed(last_error)
-        with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+        await _close_engine_stream(events, request_id)
         if hints.chosen:
             excluded.add(hints.chosen)
         logger.warning("request %s failed before its first token (attempt %d): %r", request_id, attempt + 1, last_error)
@@ -212,8 +227,7 @@ async def relay(
         try:
             headers = await confirm()
         except BaseException:
-            with contextlib.suppress(Exception):
-                await events.aclose()  # type: ignore[attr-defined]
+            await _close_engine_stream(events, request_id)
             await finish()
             raise
     # Where the time to this first event went (see crosslogic/api/timing.py).
@@ -238,8 +252,7 @@ async def relay(
     async def close() -> None:
         """Close the engine stream and settle: from the body's `finally`, and from the response
         when the body never started (idempotent)."""
-        with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+        await _close_engine_stream(events, request_id)
         await finish()
 
     return _ClosingStreamingResponse(

@@ -9,6 +9,7 @@ last test kills `eu` mid-load, so it runs last (pytest keeps file order).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import ssl
@@ -54,6 +55,21 @@ class Regions:
             assert time.monotonic() < deadline, [self.view(s.name) for s in (self.eu, self.us)]
             time.sleep(0.3)
         time.sleep(INTERVAL_S)  # and every ingress replica's copy of that view
+
+
+def _log_lines(regions: Regions, request_ids: list[str], limit: int = 30) -> list[str]:
+    """Every Ray log line (control plane and regions) naming one of these requests: the logs are gone
+    once the suite ends, so a failure carries them."""
+    dirs = [regions.stack.cluster.temp_dir, regions.eu.temp_dir, regions.us.temp_dir]
+    found: list[str] = []
+    for base in filter(None, dirs):
+        for log in sorted(Path(str(base)).glob("session_2*/logs/**/*")):
+            if not log.is_file() or log.is_symlink() or log.suffix not in (".log", ".err", ".out"):
+                continue
+            with contextlib.suppress(OSError):
+                found += [f"{log.name}: {line[:300]}" for line in log.read_text(errors="replace").splitlines()
+                          if any(rid in line for rid in request_ids)]
+    return found[:limit]
 
 
 def _deploy(region: RegionStack, errors: list[BaseException]) -> None:
@@ -200,7 +216,10 @@ async def test_traffic_spreads_over_regions_by_queue_depth(regions: Regions) -> 
         # it stood (its request id for the replica logs, whether its [DONE] came) before failing.
         for task in pending:
             task.cancel()
-        assert not pending, [s for s in seen.values() if not s["ended"]]
+        if pending:
+            stuck = [s for s in seen.values() if not s["ended"]]
+            raise AssertionError(f"streams not ended after 120s: {stuck}; what the logs say of them: "
+                                 f"{_log_lines(regions, [str(s.get('id')) for s in stuck])}")
         placements = Counter(task.result() for task in done)
     print(f"16 concurrent streams served by {dict(placements)}")
     # Local has two replicas, each region one: a burst deeper than the local queue spills to regions.

@@ -130,3 +130,52 @@ async def _stream_with_deadline(stream: AsyncIterator[str], deadline_s: float = 
             yield await asyncio.wait_for(anext(stream), deadline_s)
         except StopAsyncIteration:
             return
+
+
+class _StuckOnClose:
+    """A gateway whose engine stream answers, then hangs when closed (a stuck transport)."""
+
+    def models(self) -> list[Any]:
+        return []
+
+    async def readiness(self) -> Any:
+        raise NotImplementedError
+
+    async def stream(self, model: str, endpoint: Any, body: dict[str, Any], request_id: str,
+                     hints: Any) -> AsyncIterator[Any]:
+        from crosslogic.engine.base import CHUNK
+
+        try:
+            yield (CHUNK, 'data: {"n":1}\n\n', {"prompt_tokens": 3, "completion_tokens": 1})
+            yield (CHUNK, "data: [DONE]\n\n", {"prompt_tokens": 3, "completion_tokens": 1})
+            await asyncio.sleep(3600)  # the end that never comes
+        finally:
+            await asyncio.sleep(3600)  # and a close that never finishes
+
+
+async def test_a_stuck_engine_stream_close_holds_neither_the_response_end_nor_the_settlement(
+    monkeypatch: Any,
+) -> None:
+    from crosslogic.api import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "_CLOSE_ENGINE_STREAM_S", 0.2)
+    settled: list[Any] = []
+
+    async def settle(outcome: Any) -> None:
+        settled.append(outcome)
+
+    response = await relay_module.relay(
+        _StuckOnClose(), "m", "chat", {"stream": True}, "req_stuck", stream=True, retries=0, settle=settle)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(response(SCOPE, receive, send), timeout=5)
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert b"[DONE]" in b"".join(m.get("body", b"") for m in sent)
+    assert len(settled) == 1 and settled[0].status == "finished" and settled[0].completion_tokens == 1
