@@ -167,9 +167,17 @@ async def test_admission_overlaps_the_engine_call_and_a_late_refusal_leaves_noth
     rpm = 40
     tenant_id, key_id, secret = _limited_key(serve_stack, "overlap", rpm=rpm)
     body = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 1}
+    # The 8 requests below must all stay in the suite's 10 s window until the late one is admitted:
+    # start from idle engines so they take ~1 s, not the seconds a previous test's tail costs them (in
+    # one CI run the late request found room: one of the 8 had aged out).
+    deadline = time.monotonic() + 60
+    while any(r["running"] or r["waiting"] for r in serve_stack.engine_replicas().values()):
+        assert time.monotonic() < deadline, serve_stack.engine_replicas()
+        await asyncio.sleep(0.2)
     async with httpx.AsyncClient(timeout=60, headers={"authorization": f"Bearer {secret}"}) as http:
         # Each ingress replica learns the key's room from a first admission, then overlaps.
         timings = []
+        first_at = time.monotonic()
         for _ in range(8):
             resp = await http.post(f"{serve_stack.openai_base}/chat/completions", json=body)
             assert resp.status_code == 200, resp.text
@@ -181,8 +189,9 @@ async def test_admission_overlaps_the_engine_call_and_a_late_refusal_leaves_noth
         spent = await _spend_elsewhere(serve_stack, tenant_id, key_id, rpm)
         assert spent == rpm - 8
         late = await http.post(f"{serve_stack.openai_base}/chat/completions", json={**body, "max_tokens": 200})
+        late_after_s = time.monotonic() - first_at
         after = await http.post(f"{serve_stack.openai_base}/chat/completions", json=body)
-    assert late.status_code == 429, late.text
+    assert late.status_code == 429, (f"admitted {late_after_s:.1f}s after the first of the 8", late.text[:200])
     assert late.json()["error"]["code"] == "rate_limit_exceeded"
     assert "admit_overlapped" in parse_server_timing(late.headers.get("server-timing", "")), late.headers
     assert int(late.headers["retry-after-ms"]) > 0
