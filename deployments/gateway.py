@@ -82,17 +82,14 @@ class ServeGateway:
         response = handle.generate.remote(endpoint, body, request_id, hints)
         assert isinstance(response, DeploymentResponseGenerator)  # the handles are options(stream=True)
         finished = False
-
-        def stalled(silent_s: float) -> None:
-            logger.warning("engine stream for request %s said nothing for %.0fs after it started: aborted",
-                           request_id, silent_s)
-
-        events = with_idle_deadline(response, self._config.ingress.engine_stream_idle_timeout_s, on_stall=stalled)
+        events = with_idle_deadline(response, self._config.ingress.engine_stream_idle_timeout_s)
         try:
             async for event in events:
                 yield event
             finished = True
-        except StreamStalled:
+        except StreamStalled as stall:
+            logger.warning("engine stream for request %s said nothing for %.0fs after it started: aborted",
+                           request_id, stall.silent_s)
             raise UpstreamError("The engine stopped answering mid-stream.", code="engine_stalled") from None
         except serve_exceptions.BackPressureError:
             raise ServiceUnavailableError(

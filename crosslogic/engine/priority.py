@@ -23,13 +23,17 @@ def tier_priority(weight: float | None) -> int:
     return 0 if weight is None else -round(math.log2(weight))
 
 
-def prioritized_body(body: dict[str, Any], weight: float | None) -> dict[str, Any]:
+def _with_server_priority(body: dict[str, Any], priority: int, source: str, what: str) -> dict[str, Any]:
     if PRIORITY_FIELD in body:
         raise InvalidRequestError(
-            "priority is set by the server (from your organization's tier); remove it from the request",
+            f"priority is set by the server ({source}); remove it from the {what}",
             param=PRIORITY_FIELD, code="invalid_parameter",
         )
-    return {**body, PRIORITY_FIELD: tier_priority(weight)}
+    return {**body, PRIORITY_FIELD: priority}
+
+
+def prioritized_body(body: dict[str, Any], weight: float | None) -> dict[str, Any]:
+    return _with_server_priority(body, tier_priority(weight), "from your organization's tier", "request")
 
 
 # Batch lines run after every interactive tier (a tier's priority is -log2 of its weight: within ±20
@@ -41,12 +45,7 @@ BATCH_PRIORITY = 100
 def batch_line_body(body: dict[str, Any]) -> dict[str, Any]:
     """A batch line's body as the engine gets it: the server's batch priority; the line's own refused
     (the line fails with this 400 in the error file), as an interactive request's is."""
-    if PRIORITY_FIELD in body:
-        raise InvalidRequestError(
-            "priority is set by the server (batch lines run after interactive requests); remove it from the line",
-            param=PRIORITY_FIELD, code="invalid_parameter",
-        )
-    return {**body, PRIORITY_FIELD: BATCH_PRIORITY}
+    return _with_server_priority(body, BATCH_PRIORITY, "batch lines run after interactive requests", "line")
 
 
 def uses_priority_scheduling(engine_kwargs: dict[str, Any]) -> bool:

@@ -14,7 +14,7 @@ as long as the queue is deep, and it is retried elsewhere on failure (crosslogic
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,15 +28,12 @@ class StreamStalled(Exception):
         self.silent_s = silent_s
 
 
-async def with_idle_deadline(
-    source: AsyncIterator[T], idle_s: float | None, *, on_stall: Callable[[float], None] | None = None
-) -> AsyncIterator[T]:
+async def with_idle_deadline(source: AsyncIterator[T], idle_s: float | None) -> AsyncIterator[T]:
     """`source`'s items; after the first, raise StreamStalled when `idle_s` passes without one.
 
     `None` turns the deadline off. On a stall the pending read is cancelled (the source sees the
     cancellation where it waits, as it would a hang-up); the caller then cancels the engine's
-    request. `on_stall` is told first, for a log line with the request's id. A timer per read, not
-    a task: this runs for every token of every stream."""
+    request. A timer per read, not a task: this runs for every token of every stream."""
     try:
         first = await anext(source)
     except StopAsyncIteration:
@@ -50,9 +47,7 @@ async def with_idle_deadline(
         except StopAsyncIteration:
             return
         except TimeoutError:
-            if not deadline.expired():
-                raise  # the source's own
-            if on_stall is not None:
-                on_stall(idle_s or 0.0)
-            raise StreamStalled(idle_s or 0.0) from None
+            if not deadline.expired() or idle_s is None:
+                raise  # the source's own (with no deadline, every timeout is the source's)
+            raise StreamStalled(idle_s) from None
         yield item

@@ -11,7 +11,6 @@ import asyncio
 import json
 import secrets
 import time
-from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
@@ -58,21 +57,28 @@ def _stripe_totals(stack: ServeStack, customer: str) -> dict[tuple[str, str, int
     return {k: v for k, v in stack.stripe.snapshot().items() if k[0] == customer}
 
 
-async def _traffic(stack: ServeStack, secret: str, n: int) -> None:
+async def _traffic(stack: ServeStack, secret: str, n: int, tag: str) -> None:
     async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {secret}"}) as http:
 
         async def one(i: int) -> None:
             body: dict[str, Any] = {"model": CHAT_MODEL, "messages": MESSAGES, "max_tokens": 8 + i % 5}
+            # Named so that a ledger row that ended unlike its request did can be told apart.
+            headers = {"x-client-request-id": f"{tag}-{i}-{'hangup' if i % 3 == 0 else 'whole'}"}
             if i % 3 == 0:
-                body |= {"stream": True, "max_tokens": 400, "ignore_eos": True}
-                async with http.stream("POST", f"{stack.openai_base}/chat/completions", json=body) as resp:
+                # Long enough that a hang-up reaching the ingress late (seconds were measured through
+                # HAProxy on a loaded stack; usually a few tokens) still ends it as cancelled; one that
+                # never arrives would bill the whole answer as finished.
+                body |= {"stream": True, "max_tokens": 1900, "ignore_eos": True}
+                async with http.stream(
+                    "POST", f"{stack.openai_base}/chat/completions", json=body, headers=headers
+                ) as resp:
                     seen = 0
                     async for line in resp.aiter_lines():
                         seen += line.startswith("data: {")
                         if seen >= 4:
                             break  # the client hangs up mid-stream
                 return
-            resp = await http.post(f"{stack.openai_base}/chat/completions", json=body)
+            resp = await http.post(f"{stack.openai_base}/chat/completions", json=body, headers=headers)
             assert resp.status_code == 200, resp.text
 
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -92,10 +98,10 @@ async def test_exactly_once_through_stripe_faults_and_actor_restart(
     tenant_id, customer, secret = _billed_tenant(serve_stack, "billed-e2e")
     # Stripe fails or stalls about half of the calls, some after storing the event.
     _set_faults(serve_stack, rate_500=0.25, rate_429=0.1, rate_timeout_after=0.1, rate_drop_after=0.05, slow_s=1.0)
-    await _traffic(serve_stack, secret, 9)
+    await _traffic(serve_stack, secret, 9, "before")
     billing = ray_driver.get_actor("crosslogic-billing", namespace="crosslogic")
     ray_driver.kill(billing, no_restart=False)  # mid-export: the actor comes back and resumes from PostgreSQL
-    await _traffic(serve_stack, secret, 9)
+    await _traffic(serve_stack, secret, 9, "after")
     await asyncio.sleep(2)
     _set_faults(serve_stack, rate_500=0.0, rate_429=0.0, rate_timeout_after=0.0, rate_drop_after=0.0)
 
@@ -125,15 +131,26 @@ async def test_exactly_once_through_stripe_faults_and_actor_restart(
     assert settled(rows), rows
     assert {r["meter"] for r in rows} == {"input_tokens", "output_tokens"}
     assert all(r["ledger"] == r["delivered"] for r in rows)
-    # Cancelled streams were metered too.
-    statuses: defaultdict[str, int] = defaultdict(int)
+    # Cancelled streams were metered too, as cancelled: each request has exactly one row, ended
+    # as its client did (a hung-up stream that ran to its end would bill tokens nobody received).
     conn = await asyncpg.connect(database_url)
     try:
-        for row in await conn.fetch("SELECT status, count(*) AS n FROM usage_ledger WHERE tenant_id = $1 GROUP BY 1", tenant_id):
-            statuses[row["status"]] = row["n"]
+        ended = await conn.fetch(
+            "SELECT client_request_id, request_id, status, completion_tokens, total_ms FROM usage_ledger"
+            " WHERE tenant_id = $1 ORDER BY client_request_id",
+            tenant_id,
+        )
     finally:
         await conn.close()
-    assert statuses["finished"] == 12 and statuses["cancelled"] == 6
+    expected = {f"{tag}-{i}-{'hangup' if i % 3 == 0 else 'whole'}" for tag in ("before", "after") for i in range(9)}
+    report = "\n".join(
+        f"{r['client_request_id']} {r['request_id']} {r['status']} {r['completion_tokens']} tokens {r['total_ms']:.0f} ms"
+        for r in ended
+    )
+    assert sorted(r["client_request_id"] for r in ended) == sorted(expected), report
+    assert all(
+        r["status"] == ("cancelled" if r["client_request_id"].endswith("hangup") else "finished") for r in ended
+    ), report
 
 
 def _webhook(stack: ServeStack, kind: str, customer: str) -> httpx.Response:
