@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import uuid
@@ -40,7 +41,7 @@ import psutil
 from openai import AsyncOpenAI
 from peer_targets import LITELLM_KEY, litellm_proxy
 from process_probe import CLIENT, OUTSIDE, CpuAccount, Profiler, find_processes
-from serving_targets import ENGINE_ENV, MODEL, Variant, bare_vllm, bench_dtype, crosslogic_target, log
+from serving_targets import ENGINE_ENV, MODEL, REPO, Variant, bare_vllm, bench_dtype, crosslogic_target, log
 
 from crosslogic.api.timing import parse_server_timing
 from crosslogic.settings import Settings
@@ -394,7 +395,17 @@ def machine_info() -> dict[str, Any]:
                       if line.startswith("model name")), platform.processor())
     return {"python": platform.python_version(), "cpus": os.cpu_count(), "cpu_model": cpu_model,
             "mem_total_gb": round(psutil.virtual_memory().total / 2**30, 1), "vllm": vllm.__version__,
-            "ray": ray.__version__, "platform": platform.platform()}
+            "ray": ray.__version__, "platform": platform.platform(), "commit": source_commit()}
+
+
+def source_commit() -> str:
+    """The commit the benchmark ran on, `+dirty` when the working tree differs from it: results are
+    committed beside the code that produced them."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{head}+dirty" if git("status", "--porcelain", "--untracked-files=no") else head
 
 
 def interrupt(signum: int, frame: object) -> None:
