@@ -61,6 +61,18 @@ ROOM = 160
 # temperature 1, a tool_choice="required" answer once came back without a call (one CI run in many; the
 # cause was not kept); greedy makes each run the same.
 GREEDY = {"temperature": 0.0}
+# One streamed call the model must make (one at a time), usage in the last chunk.
+REQUIRED_CALL_STREAM: dict[str, Any] = {
+    "model": CHAT_MODEL,
+    "messages": ASK,
+    "tools": TOOLS,
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "max_tokens": ROOM,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    **GREEDY,
+}
 
 
 @pytest.fixture(scope="module")
@@ -173,17 +185,7 @@ def test_none_answers_in_text_without_the_tools_in_the_prompt(client: openai.Ope
 
 
 def test_streamed_call_deltas_assemble_into_valid_calls(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
-        model=CHAT_MODEL,
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=ROOM,
-        stream=True,
-        stream_options={"include_usage": True},
-        **GREEDY,
-    )
+    stream = client.chat.completions.create(**REQUIRED_CALL_STREAM)
     calls: dict[int, dict[str, Any]] = {}
     finish: list[str] = []
     argument_pieces = 0
@@ -266,17 +268,7 @@ async def test_tool_calls_are_metered_like_any_chat(client: openai.OpenAI, datab
         completion.usage.completion_tokens,
     )
 
-    with client.chat.completions.with_streaming_response.create(
-        model=CHAT_MODEL,
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=ROOM,
-        stream=True,
-        stream_options={"include_usage": True},
-        **GREEDY,
-    ) as response:
+    with client.chat.completions.with_streaming_response.create(**REQUIRED_CALL_STREAM) as response:
         request_id = response.headers["x-request-id"]
         usage = [
             json.loads(line[len("data: ") :])["usage"]
