@@ -39,7 +39,7 @@ import httpx
 from openai import AsyncOpenAI
 from peer_targets import LITELLM_KEY, litellm_proxy
 from process_probe import CLIENT, OUTSIDE, CpuAccount
-from serving_overhead import machine_info, quantile
+from serving_overhead import closed_loop, machine_info, quantile
 from serving_targets import REPO, Variant, crosslogic_target, log, server_process
 
 from crosslogic.localstack.ray_cluster import free_port
@@ -97,30 +97,19 @@ async def load(base_url: str, api_key: str, clients: int, requests: int, max_tok
     client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": max_tokens,
             "stream": True}
-    for _ in range(5):  # warm-up: connections, caches, the first replica choices
+
+    async def streamed() -> float:
+        started = time.perf_counter()
         async for _ in await client.chat.completions.create(**body):  # type: ignore[call-overload]
             pass
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for n in range(requests):
-        queue.put_nowait(n)
-    latencies: list[float] = []
-    errors: list[str] = []
+        return time.perf_counter() - started
 
-    async def worker() -> None:
-        while not queue.empty():
-            queue.get_nowait()
-            started = time.perf_counter()
-            try:
-                chunks = 0
-                async for _ in await client.chat.completions.create(**body):  # type: ignore[call-overload]
-                    chunks += 1
-                latencies.append(time.perf_counter() - started)
-            except Exception as exc:  # counted: one failure must not stop the run
-                errors.append(f"{type(exc).__name__}: {str(exc)[:160]}")
+    for _ in range(5):  # warm-up: connections, caches, the first replica choices
+        await streamed()
 
     cpu = CpuAccount(tags)
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    latencies, errors = await closed_loop(clients, requests, streamed)
     wall = time.perf_counter() - started
     used = cpu.used()
     await client.close()

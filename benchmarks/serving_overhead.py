@@ -32,9 +32,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -150,25 +151,34 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
 
 
-async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_tokens: int, tags: set[str]) -> dict[str, Any]:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for n in range(total):
-        queue.put_nowait(n)
-    samples: list[Sample] = []
+T = TypeVar("T")
+
+
+async def closed_loop(concurrency: int, total: int, call: Callable[[], Awaitable[T]]) -> tuple[list[T], list[str]]:
+    """`total` awaits of `call` by `concurrency` clients, each starting its next when its last ended:
+    (results, errors). A failed call is counted and shown, never the end of the run."""
+    left = total
+    results: list[T] = []
     errors: list[str] = []
 
-    async def worker() -> None:
-        while not queue.empty():
-            queue.get_nowait()
+    async def client() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
             try:
-                samples.append(await one_request(client, max_tokens))
-            except Exception as exc:  # counted and shown: a failed request must not stop the level
+                results.append(await call())
+            except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
 
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return results, errors
+
+
+async def run_level(client: AsyncOpenAI, concurrency: int, total: int, max_tokens: int, tags: set[str]) -> dict[str, Any]:
     cpu = CpuAccount(tags)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    samples, errors = await closed_loop(concurrency, total, lambda: one_request(client, max_tokens))
     wall = time.perf_counter() - started
     ttft = [s.ttft_s * 1000 for s in samples]
     latency = [s.latency_s * 1000 for s in samples]
